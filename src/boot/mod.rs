@@ -1,0 +1,1 @@
+//! Booting images under QEMU. (Being written.)

@@ -1,0 +1,1 @@
+//! The make pipeline. (Being written.)

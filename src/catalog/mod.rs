@@ -1,0 +1,106 @@
+//! The catalog of supported databases (`datastores/*.yaml`) and its
+//! resolution from a request (database, version, source, release, arch)
+//! into exactly one row.
+
+pub mod datastores;
+
+pub use datastores::{Catalog, CatalogError};
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::Arch;
+
+/// Where a database package comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The Debian release's own package.
+    Distro,
+    /// The vendor's community edition (`-c`).
+    Community,
+    /// The vendor's enterprise edition (`-e`).
+    Enterprise,
+}
+
+impl Source {
+    /// The image-name suffix: `-c`, `-e` or nothing.
+    pub fn name_suffix(self) -> &'static str {
+        match self {
+            Source::Distro => "",
+            Source::Community => "-c",
+            Source::Enterprise => "-e",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Distro => "distro",
+            Source::Community => "community",
+            Source::Enterprise => "enterprise",
+        })
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbRequest {
+    /// Database name, e.g. `postgresql`.
+    pub db: String,
+    /// Version as typed (`15`, `10.11.6`), if any.
+    pub version: Option<String>,
+    /// Distro, community or enterprise.
+    pub source: Source,
+    /// Debian release, if forced with `-r`.
+    pub release: Option<String>,
+    /// Target architecture.
+    pub arch: Arch,
+}
+
+/// How `dbimage test` makes a booted image's database reachable and asks it.
+///
+/// Strings may use `{host}`, `{port}` and `{password}`; `{password}` is a
+/// fresh random value per test run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSpec {
+    /// Shell script run as root in the guest by cloud-init (`runcmd`), to
+    /// open the database to the forwarded port and set `{password}`.
+    pub guest_setup: String,
+    /// Host command that succeeds once the database answers (a real client).
+    pub probe: Vec<String>,
+    /// Environment for the probe.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// One fully resolved catalog row: everything the build needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    /// Database name.
+    pub db: String,
+    /// The catalog's version string (`15`, `10.11`).
+    pub version: String,
+    /// Where the packages come from.
+    pub source: Source,
+    /// Debian release (`bookworm`).
+    pub release: String,
+    /// Target architecture.
+    pub arch: Arch,
+    /// Packages that install the database.
+    pub packages: Vec<String>,
+    /// systemd service name.
+    pub service: String,
+    /// Trove's manager name for the datastore.
+    pub trove_manager: String,
+    /// Element that installs and enables the database.
+    pub element: String,
+    /// TCP port the database listens on.
+    pub port: u16,
+    /// How to check a booted image.
+    pub test: TestSpec,
+}

@@ -1,0 +1,35 @@
+//! One module per subcommand: orchestration and output.
+
+pub mod cleanup;
+pub mod datastores;
+pub mod make;
+pub mod test;
+
+use std::process::ExitCode;
+
+/// Exit code: the request was wrong (bad flag, unknown database, no match).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: interrupted by Ctrl-C or SIGTERM (after cleaning up).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// An error that is the user's to fix, as opposed to a failure while working.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Prints an error (one line first, details after) and maps it to an exit code.
+pub fn exit(result: anyhow::Result<()>) -> ExitCode {
+    let Err(err) = result else { return ExitCode::SUCCESS };
+    let msg = crate::run::redact(&format!("{err:#}"));
+    eprintln!("error: {msg}");
+    if crate::run::cancelled() || err.downcast_ref::<crate::run::Interrupted>().is_some() {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if err.downcast_ref::<UsageError>().is_some()
+        || err.downcast_ref::<crate::catalog::CatalogError>().is_some()
+        || err.downcast_ref::<crate::elements::ElementError>().is_some()
+    {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,296 @@
+//! The teardown stack: every host side effect a build makes, undone in
+//! reverse order whatever happens.
+//!
+//! Each mount, loop device, partition mapping and temporary directory is
+//! pushed here as an [`Undo`] the moment it exists. The stack is written to
+//! a state file after every change, so a build killed with SIGKILL can still
+//! be cleaned up later by `dbimage cleanup`, which replays that file.
+//! Dropping the stack unwinds it; [`Teardown::unwind_to`] undoes a suffix
+//! early (e.g. the chroot's /proc once the hooks are done).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use nix::mount::{MntFlags, umount2};
+use serde::{Deserialize, Serialize};
+
+use crate::run::Cmd;
+
+/// One side effect and how to reverse it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "undo", rename_all = "snake_case")]
+pub enum Undo {
+    /// A mount point to unmount.
+    Unmount {
+        /// The mount point.
+        path: PathBuf,
+    },
+    /// A loop device to detach.
+    DetachLoop {
+        /// The device node, e.g. `/dev/loop3`.
+        device: PathBuf,
+    },
+    /// Partition nodes added to a loop device with `partx -a`.
+    DeletePartitions {
+        /// The whole-disk loop device.
+        device: PathBuf,
+    },
+    /// A directory tree we created.
+    RemoveDir {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A file we created and that must not survive failure.
+    RemoveFile {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl Undo {
+    /// Reverses the side effect; already-undone effects are not an error.
+    pub fn undo(&self) -> Result<(), String> {
+        match self {
+            Undo::Unmount { path } => unmount(path),
+            Undo::DetachLoop { device } => detach_loop(device),
+            Undo::DeletePartitions { device } => {
+                if !device.exists() {
+                    return Ok(());
+                }
+                Cmd::new("partx").arg("-d").arg(device).run().map_err(|e| e.to_string())
+            }
+            Undo::RemoveDir { path } => match fs::remove_dir_all(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("removing {}: {e}", path.display())),
+            },
+            Undo::RemoveFile { path } => match fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("removing {}: {e}", path.display())),
+            },
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+/// Mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+fn unmount(path: &Path) -> Result<(), String> {
+    for attempt in 0..10 {
+        if !is_mounted(path) {
+            return Ok(());
+        }
+        match umount2(path, MntFlags::empty()) {
+            Ok(()) => continue, // stacked mounts: loop until none is left
+            Err(nix::errno::Errno::EBUSY) => {
+                if attempt == 0 {
+                    kill_processes_under(path);
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(format!("unmounting {}: {e}", path.display())),
+        }
+    }
+    // Still busy: detach it from the tree so nothing of ours stays visible.
+    umount2(path, MntFlags::MNT_DETACH)
+        .map_err(|e| format!("unmounting {} (busy): {e}", path.display()))
+}
+
+/// Ends processes whose root or working directory lies under `path`: only
+/// processes started inside our own chroot can be there.
+fn kill_processes_under(path: &Path) {
+    let Ok(entries) = fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let inside = ["root", "cwd"].iter().any(|l| {
+            fs::read_link(e.path().join(l)).map(|t| t.starts_with(path)).unwrap_or(false)
+        });
+        if inside && pid != std::process::id() as i32 {
+            tracing::warn!("ending process {pid} still running inside {}", path.display());
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn detach_loop(device: &Path) -> Result<(), String> {
+    if !device.exists() {
+        return Ok(());
+    }
+    let dev = loopdev::LoopDevice::open(device).map_err(|e| format!("{}: {e}", device.display()))?;
+    for _ in 0..20 {
+        match dev.detach() {
+            Ok(()) => return Ok(()),
+            // ENXIO: not attached any more.
+            Err(e) if e.raw_os_error() == Some(libc_enxio()) => return Ok(()),
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    dev.detach().map_err(|e| format!("detaching {}: {e}", device.display()))
+}
+
+fn libc_enxio() -> i32 {
+    nix::errno::Errno::ENXIO as i32
+}
+
+/// The stack of side effects of one run, persisted to a state file.
+#[derive(Debug)]
+pub struct Teardown {
+    stack: Vec<Undo>,
+    state_file: Option<PathBuf>,
+}
+
+/// A position in the stack, for [`Teardown::unwind_to`].
+#[derive(Debug, Clone, Copy)]
+pub struct Mark(usize);
+
+/// What the state file holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    pid: u32,
+    stack: Vec<Undo>,
+}
+
+impl Teardown {
+    /// An empty stack that records itself in `state_file` (if any).
+    pub fn new(state_file: Option<PathBuf>) -> Teardown {
+        Teardown { stack: Vec::new(), state_file }
+    }
+
+    /// Records a side effect that now exists.
+    pub fn push(&mut self, undo: Undo) {
+        self.stack.push(undo);
+        self.save();
+    }
+
+    /// The current top of the stack.
+    pub fn mark(&self) -> Mark {
+        Mark(self.stack.len())
+    }
+
+    /// Undoes everything pushed after `mark`, newest first. Every step is
+    /// tried; the first error is returned.
+    pub fn unwind_to(&mut self, mark: Mark) -> Result<(), String> {
+        let mut first_err = None;
+        while self.stack.len() > mark.0 {
+            let Some(u) = self.stack.pop() else { break };
+            if let Err(e) = u.undo() {
+                tracing::error!("cleanup: {e}");
+                first_err.get_or_insert(e);
+            }
+            self.save();
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Forgets the top entry without undoing it (the effect was made
+    /// permanent, e.g. a temporary output renamed into place).
+    pub fn forget(&mut self, undo: &Undo) {
+        if let Some(pos) = self.stack.iter().rposition(|u| u == undo) {
+            self.stack.remove(pos);
+            self.save();
+        }
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.state_file else { return };
+        if self.stack.is_empty() {
+            let _ = fs::remove_file(path);
+            return;
+        }
+        let state = State { pid: std::process::id(), stack: self.stack.clone() };
+        if let Ok(json) = serde_json::to_vec_pretty(&state) {
+            let tmp = path.with_extension("tmp");
+            if fs::write(&tmp, json).is_ok() {
+                let _ = fs::rename(&tmp, path);
+            }
+        }
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let _ = self.unwind_to(Mark(0));
+    }
+}
+
+/// Replays a state file left by a run that died; returns what was undone.
+///
+/// Refuses while the owning process is still alive.
+pub fn replay_state_file(path: &Path) -> Result<Vec<Undo>, String> {
+    let raw = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let state: State = serde_json::from_slice(&raw)
+        .map_err(|e| format!("{} is not a dbimage state file: {e}", path.display()))?;
+    if Path::new(&format!("/proc/{}", state.pid)).exists() && state.pid != std::process::id() {
+        return Err(format!(
+            "build process {} that owns {} is still running; stop it first",
+            state.pid,
+            path.display()
+        ));
+    }
+    let done = state.stack.clone();
+    let mut td = Teardown { stack: state.stack, state_file: Some(path.to_path_buf()) };
+    td.unwind_to(Mark(0))?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwinds_in_reverse_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let a = dir.path().join("a");
+        let b = a.join("b");
+        let mut td = Teardown::new(Some(state.clone()));
+        fs::create_dir(&a).unwrap();
+        td.push(Undo::RemoveDir { path: a.clone() });
+        let mark = td.mark();
+        fs::write(&b, "x").unwrap();
+        td.push(Undo::RemoveFile { path: b.clone() });
+        let saved: State = serde_json::from_slice(&fs::read(&state).unwrap()).unwrap();
+        assert_eq!(saved.stack.len(), 2);
+        td.unwind_to(mark).unwrap();
+        assert!(!b.exists() && a.exists());
+        drop(td);
+        assert!(!a.exists());
+        assert!(!state.exists(), "empty stack leaves no state file");
+    }
+
+    #[test]
+    fn replay_undoes_a_dead_runs_effects() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let victim = dir.path().join("left-behind");
+        fs::create_dir(&victim).unwrap();
+        // pid 0 is never a live build.
+        let s = State { pid: 0, stack: vec![Undo::RemoveDir { path: victim.clone() }] };
+        fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
+        let undone = replay_state_file(&state).unwrap();
+        assert_eq!(undone.len(), 1);
+        assert!(!victim.exists());
+        assert!(!state.exists());
+    }
+}

@@ -1,0 +1,3 @@
+//! Disks: teardown stack, loop devices, mounts, chroot, partition layout, qcow2.
+
+pub mod guard;

@@ -1,0 +1,42 @@
+//! `dbimage`: parse the command line and dispatch. Behaviour lives in the
+//! modules; this file only wires them together.
+
+mod arch;
+mod boot;
+mod build;
+mod catalog;
+mod cli;
+mod commands;
+mod disk;
+mod elements;
+mod logging;
+mod run;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _log_guard = match logging::init(cli.log_file.as_deref(), cli.verbose, cli.quiet) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(commands::EXIT_USAGE);
+        }
+    };
+    if let Err(e) = run::install_signal_handlers() {
+        eprintln!("error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Make(args) => commands::make::run(args),
+        Command::Test(args) => commands::test::run(args),
+        Command::Datastores(args) => commands::datastores::run(args),
+        Command::Cleanup => commands::cleanup::run(),
+    };
+    commands::exit(result)
+}

@@ -1,0 +1,147 @@
+//! Settings: a YAML file (the successor of the original `dbimagerc`) with
+//! `DBIMAGE_*` environment variables taking precedence.
+//!
+//! The file is the first of `$DBIMAGE_SETTINGS`, `./dbimage.yaml`,
+//! `~/.config/dbimage/settings.yaml`, `/etc/dbimage/settings.yaml` that exists.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors reading the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The settings file exists but cannot be read or parsed.
+    #[error("settings file {path}: {msg}; fix or remove it")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// No directory with `datastores/` and `elements/` was found.
+    #[error(
+        "cannot find dbimage's data files (datastores/, elements/); run from the project \
+         directory or set DBIMAGE_DATA_DIR"
+    )]
+    NoDataDir,
+}
+
+/// The settings file's shape; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    data_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    work_dir: Option<PathBuf>,
+    images_dir: Option<PathBuf>,
+    mirror: Option<String>,
+    security_mirror: Option<String>,
+    security: Option<bool>,
+    source: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where `datastores/`, `elements/`, `flavors/`, `playbooks/` live.
+    pub data_dir: PathBuf,
+    /// Root tree tarballs and apt's downloaded packages.
+    pub cache_dir: PathBuf,
+    /// Per-build scratch directories (and their state files).
+    pub work_dir: PathBuf,
+    /// Default output directory for images.
+    pub images_dir: PathBuf,
+    /// Debian mirror for the image's tree.
+    pub mirror: String,
+    /// Debian security mirror.
+    pub security_mirror: String,
+    /// Whether the release's security suite is added to the image's sources.
+    pub security: bool,
+    /// The `<source>` part of image names (`DBIMAGE_SOURCE`).
+    pub source: String,
+    /// The settings file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads the settings file (if any) and applies the environment.
+    pub fn load() -> Result<Settings, SettingsError> {
+        let path = find_file();
+        let file = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| SettingsError::Invalid { path: p.clone(), msg: e.to_string() })?;
+                serde_saphyr::from_str::<File>(&text)
+                    .map_err(|e| SettingsError::Invalid { path: p.clone(), msg: e.to_string() })?
+            }
+            None => File::default(),
+        };
+        let data_dir = env_path("DBIMAGE_DATA_DIR")
+            .or(file.data_dir)
+            .or_else(find_data_dir)
+            .ok_or(SettingsError::NoDataDir)?;
+        let images_dir = env_path("DBIMAGE_IMAGES_DIR")
+            .or(file.images_dir)
+            .unwrap_or_else(|| data_dir.join("images"));
+        Ok(Settings {
+            cache_dir: env_path("DBIMAGE_CACHE_DIR")
+                .or(file.cache_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/cache/dbimage")),
+            work_dir: env_path("DBIMAGE_WORK_DIR")
+                .or(file.work_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp/dbimage")),
+            images_dir,
+            mirror: env_str("DBIMAGE_MIRROR")
+                .or(file.mirror)
+                .unwrap_or_else(|| "http://deb.debian.org/debian".into()),
+            security_mirror: env_str("DBIMAGE_SECURITY_MIRROR")
+                .or(file.security_mirror)
+                .unwrap_or_else(|| "http://deb.debian.org/debian-security".into()),
+            security: env_str("DBIMAGE_SECURITY")
+                .map(|v| !matches!(v.as_str(), "0" | "no" | "false" | "off"))
+                .or(file.security)
+                .unwrap_or(true),
+            source: env_str("DBIMAGE_SOURCE").or(file.source).unwrap_or_else(|| "-dib".into()),
+            data_dir,
+            file: path,
+        })
+    }
+}
+
+fn env_str(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+fn env_path(key: &str) -> Option<PathBuf> {
+    env_str(key).map(PathBuf::from)
+}
+
+fn find_file() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = env_path("DBIMAGE_SETTINGS") {
+        return Some(p); // named explicitly: a missing file is reported by read
+    }
+    candidates.push(PathBuf::from("dbimage.yaml"));
+    if let Some(home) = env_path("HOME") {
+        candidates.push(home.join(".config/dbimage/settings.yaml"));
+    }
+    candidates.push(PathBuf::from("/etc/dbimage/settings.yaml"));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn is_data_dir(dir: &Path) -> bool {
+    dir.join("datastores").is_dir() && dir.join("elements").is_dir()
+}
+
+/// The current directory, or the nearest ancestor of the executable (a
+/// `target/*/dbimage` inside the project) holding the data files, or the
+/// installed location.
+fn find_data_dir() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    cwd.into_iter()
+        .chain(exe.iter().flat_map(|e| e.ancestors().skip(1).map(Path::to_path_buf)))
+        .chain([PathBuf::from("/usr/share/dbimage")])
+        .find(|d| is_data_dir(d))
+}
