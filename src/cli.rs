@@ -54,7 +54,7 @@ pub struct MakeArgs {
     pub db: String,
     /// Database version; only the first two components are used (1.2.7 → 1.2).
     #[arg(short = 'v', long = "db-version", value_name = "VER")]
-    pub version: Option<String>,
+    pub db_version: Option<String>,
     /// The vendor's community edition.
     #[arg(short = 'c', long, conflicts_with = "enterprise")]
     pub community: bool,
@@ -68,7 +68,7 @@ pub struct MakeArgs {
     #[arg(short = 'i', long = "dibvm", value_name = "HOST")]
     pub dibvm: Option<String>,
     /// Install this package (.deb or tarball with setup.sh) instead of the catalog's.
-    #[arg(short = 'p', long = "package", value_name = "PKG", requires = "version")]
+    #[arg(short = 'p', long = "package", value_name = "PKG", requires = "db_version")]
     pub package: Option<PathBuf>,
     /// Build the QCOW2 image only; contact no cloud.
     #[arg(short = 'I', long = "image-only")]
@@ -94,6 +94,9 @@ pub struct MakeArgs {
     /// Disk size in MiB (default: the tree's size plus headroom).
     #[arg(long, value_name = "MIB")]
     pub size: Option<u64>,
+    /// Replace an existing image of the same name.
+    #[arg(long)]
+    pub force: bool,
     /// Print the resolved plan and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -130,4 +133,30 @@ pub struct DatastoresArgs {
     /// Output format.
     #[arg(short = 'f', long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn original_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "dbimage", "make", "-d", "postgresql", "-v", "15.4", "-c", "-k", "key", "-I", "-a",
+            "ppc64le", "-r", "trixie", "-b", "dba", "-o", "/tmp/x",
+        ])
+        .unwrap();
+        let Command::Make(m) = cli.command else { panic!("make") };
+        assert_eq!(m.db_version.as_deref(), Some("15.4"));
+        assert!(m.community && m.image_only);
+        assert_eq!(m.arch, Some(Arch::Ppc64le));
+        assert!(Cli::try_parse_from(["dbimage", "make", "-d", "x", "-c", "-e"]).is_err());
+        assert!(Cli::try_parse_from(["dbimage", "make", "-d", "x", "-p", "f.deb"]).is_err(), "-p needs -v");
+    }
 }

@@ -1,1 +1,7 @@
-//! The make pipeline. (Being written.)
+//! The make pipeline: plan, base tree, element phases, disk, manifest.
+
+pub mod manifest;
+pub mod phases;
+pub mod pipeline;
+pub mod plan;
+pub mod rootfs;

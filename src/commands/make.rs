@@ -1,3 +1,75 @@
-//! `dbimage make`. (Being written.)
+//! `dbimage make`: plan, build, report.
+
+use std::time::Duration;
+
+use indicatif::HumanBytes;
+
+use crate::build::pipeline;
+use crate::build::plan::Plan;
+use crate::cli::MakeArgs;
+use crate::settings::Settings;
+
+/// Exit code: the image was built but not published.
+pub const EXIT_NOT_PUBLISHED: u8 = 3;
+
+/// The image was built; publishing was asked for but is not available.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "publishing is not configured in this version of dbimage: the image is kept at {0}; \
+     pass -I to build only"
+)]
+pub struct NotPublished(pub String);
+
 /// Runs `dbimage make`.
-pub fn run(_args: crate::cli::MakeArgs) -> anyhow::Result<()> { anyhow::bail!("not yet") }
+pub fn run(args: MakeArgs) -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    let (plan, elements) = Plan::new(&args, &settings)?;
+    if args.dry_run {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+    tracing::info!(
+        "building {} ({} {} from {}, Debian {} {})",
+        plan.name,
+        plan.datastore.db,
+        plan.datastore.version,
+        plan.datastore.source,
+        plan.datastore.release,
+        plan.request.arch
+    );
+    let outcome = pipeline::build(&plan, &elements)?;
+    eprintln!("{}", timing_table(&outcome.timings));
+    println!("{} ({})", outcome.image.display(), HumanBytes(outcome.size));
+    println!("{}", outcome.manifest.display());
+    if plan.publish {
+        return Err(NotPublished(outcome.image.display().to_string()).into());
+    }
+    Ok(())
+}
+
+/// The per-step timing table printed at the end of a build.
+pub fn timing_table(timings: &[(String, Duration)]) -> String {
+    let width = timings.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(5);
+    let mut out = format!("{:<width$}  {:>8}\n", "phase", "seconds");
+    for (name, d) in timings {
+        out.push_str(&format!("{name:<width$}  {:>8.1}\n", d.as_secs_f64()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns() {
+        let t = timing_table(&[
+            ("base tree".into(), Duration::from_millis(1500)),
+            ("  install.d".into(), Duration::from_secs(62)),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].ends_with("     1.5"), "{t}");
+        assert!(lines[2].starts_with("  install.d") && lines[2].ends_with("    62.0"), "{t}");
+    }
+}

@@ -22,7 +22,9 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
     let Err(err) = result else { return ExitCode::SUCCESS };
     let msg = crate::run::redact(&format!("{err:#}"));
     eprintln!("error: {msg}");
-    if crate::run::cancelled() || err.downcast_ref::<crate::run::Interrupted>().is_some() {
+    if err.downcast_ref::<make::NotPublished>().is_some() {
+        ExitCode::from(make::EXIT_NOT_PUBLISHED)
+    } else if crate::run::cancelled() || err.downcast_ref::<crate::run::Interrupted>().is_some() {
         ExitCode::from(EXIT_INTERRUPTED)
     } else if err.downcast_ref::<UsageError>().is_some()
         || err.downcast_ref::<crate::catalog::CatalogError>().is_some()

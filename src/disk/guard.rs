@@ -47,6 +47,14 @@ pub enum Undo {
         /// The file.
         path: PathBuf,
     },
+    /// A file we replaced for a while: put the saved original back (or
+    /// remove ours if there was none).
+    Restore {
+        /// The file we replaced.
+        path: PathBuf,
+        /// Where the original was moved, if it existed.
+        backup: Option<PathBuf>,
+    },
 }
 
 impl Undo {
@@ -61,18 +69,62 @@ impl Undo {
                 }
                 Cmd::new("partx").arg("-d").arg(device).run().map_err(|e| e.to_string())
             }
-            Undo::RemoveDir { path } => match fs::remove_dir_all(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("removing {}: {e}", path.display())),
-            },
-            Undo::RemoveFile { path } => match fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("removing {}: {e}", path.display())),
-            },
+            Undo::RemoveDir { path } => {
+                // A tool we ran (debootstrap) may have mounted inside it and
+                // died; never let remove_dir_all walk into a live /proc or /dev.
+                unmount_below(path)?;
+                remove_dir(path)
+            }
+            Undo::RemoveFile { path } => remove_file(path),
+            Undo::Restore { path, backup } => {
+                remove_file(path)?;
+                match backup {
+                    Some(b) if b.symlink_metadata().is_ok() => fs::rename(b, path)
+                        .map_err(|e| format!("restoring {}: {e}", path.display())),
+                    _ => Ok(()),
+                }
+            }
         }
     }
+}
+
+fn remove_dir(path: &Path) -> Result<(), String> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", path.display())),
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), String> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", path.display())),
+    }
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+        .filter(|mp| mp.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+fn unmount_below(dir: &Path) -> Result<(), String> {
+    for mp in mounts_below(dir) {
+        unmount(&mp)?;
+    }
+    Ok(())
 }
 
 fn is_mounted(path: &Path) -> bool {

@@ -1,3 +1,9 @@
-//! Disks: teardown stack, loop devices, mounts, chroot, partition layout, qcow2.
+//! Disks and trees on the host: the teardown stack, loop devices, mounts,
+//! the chroot, partition layout and bootloader, and QCOW2 conversion.
 
+pub mod chroot;
 pub mod guard;
+pub mod layout;
+pub mod loopback;
+pub mod mount;
+pub mod qcow2;

@@ -1,0 +1,202 @@
+//! The make pipeline: base tree → element phases → disk → bootloader →
+//! QCOW2 and manifest. Every host side effect sits on one teardown stack,
+//! so success, failure, Ctrl-C and SIGTERM all leave the host as it was.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::manifest::{self, Manifest, Sizes};
+use super::phases::{self, PhaseRunner};
+use super::plan::{Plan, today};
+use super::rootfs::{self, BaseSpec};
+use crate::disk::guard::{Teardown, Undo};
+use crate::disk::layout::{self, Layout};
+use crate::disk::{chroot, loopback, mount, qcow2};
+use crate::elements::{Element, Phase};
+use crate::run::{self, Cmd};
+
+/// What a successful build produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The QCOW2 image.
+    pub image: PathBuf,
+    /// Its manifest.
+    pub manifest: PathBuf,
+    /// QCOW2 size in bytes.
+    pub size: u64,
+    /// Wall time per step.
+    pub timings: Vec<(String, Duration)>,
+}
+
+/// Phases run on the tree, before it goes onto a disk.
+const TREE_PHASES: [Phase; 6] = [
+    Phase::Root,
+    Phase::ExtraData,
+    Phase::PreInstall,
+    Phase::Install,
+    Phase::PostInstall,
+    Phase::PostRoot,
+];
+/// Phases run on the mounted disk.
+const DISK_PHASES: [Phase; 3] = [Phase::BlockDevice, Phase::PreFinalise, Phase::Finalise];
+
+/// Times named steps and announces them.
+struct Steps {
+    timings: Vec<(String, Duration)>,
+}
+
+impl Steps {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        run::check_cancelled()?;
+        tracing::info!("==> {name}");
+        let start = Instant::now();
+        let out = f()?;
+        self.timings.push((name.to_string(), start.elapsed()));
+        Ok(out)
+    }
+}
+
+/// Builds the image described by `plan`.
+pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
+    fs::create_dir_all(&plan.work_dir)
+        .with_context(|| format!("creating work directory {}", plan.work_dir.display()))?;
+    let work = plan.work_dir.join(format!("{}-{}", plan.name, std::process::id()));
+    fs::create_dir(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut td = Teardown::new(Some(work.join("state.json")));
+    td.push(Undo::RemoveDir { path: work.clone() });
+    let outdir = plan.output.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(outdir).with_context(|| format!("creating {}", outdir.display()))?;
+
+    let mut steps = Steps { timings: Vec::new() };
+    let tree = work.join("tree");
+    let ds = &plan.datastore;
+    let arch = plan.request.arch;
+    let env: Vec<(String, String)> = plan.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+
+    // 1. Base tree.
+    let base = BaseSpec {
+        distro: "debian".into(),
+        release: ds.release.clone(),
+        arch,
+        mirror: plan.mirror.clone(),
+        include: Vec::new(),
+    };
+    steps.run("base tree", || {
+        let (tarball, hit) = rootfs::ensure_base(&mut td, &base, &plan.cache_dir)?;
+        tracing::info!("    {} ({})", tarball.display(), if hit { "cached" } else { "new" });
+        rootfs::unpack(&tarball, &tree)?;
+        rootfs::write_apt_sources(&tree, &ds.release, &plan.mirror, plan.security_mirror.as_deref())?;
+        Ok(())
+    })?;
+
+    // 2. Element phases on the tree, with apt's downloads cached.
+    let hooks_dir = work.join("hooks");
+    PhaseRunner::merge_elements(elements, &hooks_dir)?;
+    let mut phases = PhaseRunner {
+        elements,
+        hooks_dir,
+        env: env.clone(),
+        packages: &plan.packages,
+        uninstall: &plan.uninstall,
+        timings: Vec::new(),
+    };
+    let apt_cache = plan.cache_dir.join("apt").join(format!("{}-{}", ds.release, arch.debian()));
+    let installed = steps.run("elements", || {
+        phases::copy_static(elements, &tree)?;
+        let mark = phases::enter(&mut td, &phases, &tree, Some(&apt_cache))?;
+        chroot::command(&tree, ["apt-get", "-q", "update"], &env)
+            .run()
+            .context("apt-get update in the image failed; if the mirror reports size or hash mismatches its security suite may be stale: set DBIMAGE_SECURITY=no")?;
+        phases.run_all(&TREE_PHASES, &tree)?;
+        let list = chroot::command(&tree, ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"], &env)
+            .output()?;
+        td.unwind_to(mark).map_err(anyhow::Error::msg)?;
+        Ok(manifest::parse_package_list(&list))
+    })?;
+
+    // 3. Disk: size, table, loop devices, filesystem, copy.
+    let tree_bytes = rootfs::tree_size(&tree)?;
+    let size_mib = plan.size_mib.unwrap_or_else(|| layout::size_for_tree(tree_bytes));
+    let disk_layout = Layout::for_arch(arch, size_mib);
+    let raw = work.join("disk.raw");
+    let root_uuid = uuid::Uuid::new_v4().to_string();
+    let mnt = work.join("mnt");
+    let disk_mark = td.mark();
+    let dev = steps.run("disk", || {
+        tracing::info!("    {size_mib} MiB for a {} MiB tree", tree_bytes / (1024 * 1024));
+        layout::write_disk(&raw, &disk_layout)?;
+        let dev = loopback::attach(&mut td, &raw, disk_layout.partitions.len())?;
+        let root_dev = &dev.partitions[disk_layout.root().number as usize - 1];
+        layout::mkfs_root(root_dev, &root_uuid)?;
+        fs::create_dir_all(&mnt)?;
+        mount::filesystem(&mut td, root_dev, &mnt, "ext4")?;
+        Cmd::new("cp").args(["-a", "--sparse=always"]).arg(format!("{}/.", tree.display())).arg(&mnt).run()?;
+        Ok(dev)
+    })?;
+    // The tree is on the disk now; free its space early.
+    Undo::RemoveDir { path: tree.clone() }.undo().map_err(anyhow::Error::msg)?;
+
+    // 4. Bootloader and finalise on the mounted disk.
+    steps.run("finalise", || {
+        phases.env.push(("IMAGE_BLOCK_DEVICE".into(), dev.device.display().to_string()));
+        phases.env.push(("DIB_ROOT_FS_UUID".into(), root_uuid.clone()));
+        let mark = phases::enter(&mut td, &phases, &mnt, None)?;
+        phases.run_all(&DISK_PHASES, &mnt)?;
+        td.unwind_to(mark).map_err(anyhow::Error::msg)?;
+        phases.run(Phase::Cleanup, &mnt)?;
+        Ok(())
+    })?;
+    td.unwind_to(disk_mark).map_err(anyhow::Error::msg)?;
+
+    // 5. QCOW2 and manifest, written beside the destination and renamed
+    // into place only when complete.
+    let partial = outdir.join(format!(".{}.qcow2.partial", plan.name));
+    let undo_partial = Undo::RemoveFile { path: partial.clone() };
+    td.push(undo_partial.clone());
+    steps.run("convert", || {
+        let _ = fs::remove_file(&partial);
+        qcow2::convert(&raw, &partial, plan.compression)?;
+        Ok(())
+    })?;
+    let qcow2_size = fs::metadata(&partial)?.len();
+    let sha256 = manifest::sha256_file(&partial)?;
+
+    let mut timings = steps.timings;
+    timings.extend(phases.timings.iter().map(|(n, d)| (format!("  {n}"), *d)));
+    let (y, m, d) = today();
+    let man = Manifest {
+        name: plan.name.clone(),
+        dbimage_version: env!("CARGO_PKG_VERSION").into(),
+        created: format!("{y:04}-{m:02}-{d:02}"),
+        request: plan.request.clone(),
+        datastore: ds.clone(),
+        database_packages: ds
+            .packages
+            .iter()
+            .filter_map(|p| installed.get(p).map(|v| (p.clone(), v.clone())))
+            .collect(),
+        elements: plan.elements.iter().map(|e| (e.name.clone(), e.path.display().to_string())).collect(),
+        packages: installed,
+        user: plan.user.clone(),
+        authorized_key: plan.ssh_key.is_some(),
+        sizes: Sizes { tree: tree_bytes, disk: disk_layout.size, qcow2: qcow2_size },
+        sha256,
+        compression: format!("{:?}", plan.compression).to_lowercase(),
+        timings: timings.iter().map(|(n, d)| (n.trim().to_string(), d.as_secs_f64())).collect(),
+    };
+    let man_partial = outdir.join(format!(".{}.json.partial", plan.name));
+    let undo_man = Undo::RemoveFile { path: man_partial.clone() };
+    td.push(undo_man.clone());
+    fs::write(&man_partial, serde_json::to_vec_pretty(&man)?)?;
+    run::check_cancelled()?;
+    fs::rename(&partial, &plan.output)?;
+    td.forget(&undo_partial);
+    fs::rename(&man_partial, &plan.manifest)?;
+    td.forget(&undo_man);
+    drop(td);
+
+    Ok(Outcome { image: plan.output.clone(), manifest: plan.manifest.clone(), size: qcow2_size, timings })
+}

@@ -1,0 +1,363 @@
+//! Plan, then act: every input of `dbimage make` resolved and checked into
+//! a [`Plan`] before anything on the host changes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::arch::Arch;
+use crate::catalog::{Catalog, DbRequest, Resolved, Source};
+use crate::cli::{Compression, MakeArgs};
+use crate::commands::UsageError;
+use crate::elements::{self, Element, Library};
+use crate::settings::Settings;
+
+/// The OS element every build starts from.
+const OS_ELEMENT: &str = "debian";
+/// Elements every image gets besides the OS and the datastore.
+const BASE_ELEMENTS: [&str; 3] = ["vm", "cloud-init-datasources", "db-user"];
+/// Debian's cloud images call their user this.
+const DEFAULT_USER: &str = "debian";
+
+/// A fully resolved `make` request.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    /// What was asked, normalised.
+    pub request: DbRequest,
+    /// The catalog row it resolved to.
+    pub datastore: Resolved,
+    /// Image name (`<db>-<version>[-c|-e]<source>-<date>`).
+    pub name: String,
+    /// Final QCOW2 path.
+    pub output: PathBuf,
+    /// Final manifest path.
+    pub manifest: PathBuf,
+    /// Elements in dependency order, with where each was found.
+    pub elements: Vec<PlannedElement>,
+    /// Packages per phase from the elements plus the database's.
+    pub packages: BTreeMap<String, Vec<String>>,
+    /// Packages removed per phase.
+    pub uninstall: BTreeMap<String, Vec<String>>,
+    /// The database user.
+    pub user: String,
+    /// Public key for that user, if any.
+    pub ssh_key: Option<String>,
+    /// Debian mirror.
+    pub mirror: String,
+    /// Security mirror, or none when disabled.
+    pub security_mirror: Option<String>,
+    /// QCOW2 compression.
+    #[serde(serialize_with = "ser_compression")]
+    pub compression: Compression,
+    /// Forced disk size in MiB.
+    pub size_mib: Option<u64>,
+    /// Publish after building (no `-I`).
+    pub publish: bool,
+    /// Replace an existing image of the same name.
+    pub force: bool,
+    /// Variables every hook sees.
+    pub env: BTreeMap<String, String>,
+    /// Cache directory (base trees, packages).
+    pub cache_dir: PathBuf,
+    /// Parent of this build's work directory.
+    pub work_dir: PathBuf,
+    /// Whether the target architecture needs qemu-user on this host.
+    pub emulated: bool,
+}
+
+/// An element chosen for the build.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedElement {
+    /// Its name.
+    pub name: String,
+    /// The directory it was found in.
+    pub path: PathBuf,
+}
+
+fn ser_compression<S: serde::Serializer>(c: &Compression, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match c {
+        Compression::Zlib => "zlib",
+        Compression::Zstd => "zstd",
+    })
+}
+
+impl Plan {
+    /// Resolves `args` against the settings, catalog and elements.
+    pub fn new(args: &MakeArgs, settings: &Settings) -> anyhow::Result<(Plan, Vec<Element>)> {
+        if args.dibvm.is_some() {
+            return Err(UsageError(
+                "-i (remote build VM) is not supported yet; run the build on the build VM itself"
+                    .into(),
+            )
+            .into());
+        }
+        if args.package.is_some() {
+            return Err(UsageError(
+                "-p (your own .deb or tarball) is not supported yet; build from the catalog without -p"
+                    .into(),
+            )
+            .into());
+        }
+        let host = Arch::host();
+        let arch = args.arch.or(host).ok_or_else(|| {
+            UsageError("cannot tell this host's architecture; pass -a amd64 or -a ppc64le".into())
+        })?;
+        let emulated = host != Some(arch);
+        if emulated {
+            check_binfmt(arch)?;
+        }
+        let source = if args.community {
+            Source::Community
+        } else if args.enterprise {
+            Source::Enterprise
+        } else {
+            Source::Distro
+        };
+        let request = DbRequest {
+            db: args.db.clone(),
+            version: args.db_version.clone(),
+            source,
+            release: args.release.clone(),
+            arch,
+        };
+        let catalog = Catalog::load(&settings.data_dir.join("datastores"))?;
+        let datastore = catalog.resolve(&request)?;
+
+        let user = args.user.clone().unwrap_or_else(|| DEFAULT_USER.to_string());
+        check_user_name(&user)?;
+        let ssh_key = args.key.as_deref().map(read_key).transpose()?;
+
+        let outdir = args.outdir.clone().unwrap_or_else(|| settings.images_dir.clone());
+        let name = image_name(&datastore, &settings.source, today());
+        let output = outdir.join(format!("{name}.qcow2"));
+        let manifest = outdir.join(format!("{name}.json"));
+        if !args.force && !args.dry_run {
+            for p in [&output, &manifest] {
+                if p.exists() {
+                    return Err(UsageError(format!(
+                        "{} already exists; remove it or pass --force to replace it",
+                        p.display()
+                    ))
+                    .into());
+                }
+            }
+        }
+
+        let mut env = BTreeMap::new();
+        env.insert("DISTRO_NAME".into(), "debian".into());
+        env.insert("DIB_RELEASE".into(), datastore.release.clone());
+        env.insert("ARCH".into(), arch.debian().into());
+        env.insert("DIB_DBIMAGE_USER".into(), user.clone());
+        env.insert("DBIMAGE_DB".into(), datastore.db.clone());
+        env.insert("DBIMAGE_DB_VERSION".into(), datastore.version.clone());
+        env.insert("DBIMAGE_DB_SERVICE".into(), datastore.service.clone());
+        env.insert("DBIMAGE_DB_PACKAGES".into(), datastore.packages.join(" "));
+        if let Some(k) = &ssh_key {
+            env.insert("DIB_DBIMAGE_SSH_KEY".into(), k.clone());
+        }
+        // The request's own DIB_* variables reach hooks as in DIB.
+        for (k, v) in std::env::vars() {
+            if k.starts_with("DIB_") {
+                env.entry(k).or_insert(v);
+            }
+        }
+
+        let library = Library::discover(&elements::search_path(&settings.data_dir.join("elements")))?;
+        let mut wanted: Vec<String> = vec![OS_ELEMENT.to_string()];
+        wanted.extend(BASE_ELEMENTS.iter().map(|s| s.to_string()));
+        wanted.push(datastore.element.clone());
+        wanted.extend(args.elements.iter().cloned());
+        let chosen = library.resolve(&wanted)?;
+        let pkg_plan = elements::package_plan(&chosen, arch, &env)?;
+        let mut packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (phase, list) in pkg_plan.install {
+            packages.entry(phase.dir_name().to_string()).or_default().extend(list);
+        }
+        let install = packages.entry(elements::Phase::Install.dir_name().to_string()).or_default();
+        for p in &datastore.packages {
+            if !install.contains(p) {
+                install.push(p.clone());
+            }
+        }
+        let uninstall = pkg_plan
+            .uninstall
+            .into_iter()
+            .map(|(phase, list)| (phase.dir_name().to_string(), list))
+            .collect();
+
+        let plan = Plan {
+            elements: chosen
+                .iter()
+                .map(|e| PlannedElement { name: e.name.clone(), path: e.path.clone() })
+                .collect(),
+            request,
+            datastore,
+            name,
+            output,
+            manifest,
+            packages,
+            uninstall,
+            user,
+            ssh_key,
+            mirror: settings.mirror.clone(),
+            security_mirror: settings.security.then(|| settings.security_mirror.clone()),
+            compression: args.compression,
+            size_mib: args.size,
+            publish: !args.image_only,
+            force: args.force,
+            env,
+            cache_dir: settings.cache_dir.clone(),
+            work_dir: settings.work_dir.clone(),
+            emulated,
+        };
+        Ok((plan, chosen))
+    }
+}
+
+/// `<db>-<version>[-c|-e]<source>-<YYYY-MM-DD>`.
+pub fn image_name(ds: &Resolved, source_tag: &str, date: (i64, u32, u32)) -> String {
+    let (y, m, d) = date;
+    format!(
+        "{}-{}{}{}-{y:04}-{m:02}-{d:02}",
+        ds.db,
+        ds.version,
+        ds.source.name_suffix(),
+        source_tag
+    )
+}
+
+/// Today's date (UTC) as (year, month, day).
+pub fn today() -> (i64, u32, u32) {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    civil_from_days((secs / 86_400) as i64)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// algorithm), to avoid a date crate for one line of output.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn check_user_name(user: &str) -> Result<(), UsageError> {
+    let ok = !user.is_empty()
+        && user.len() <= 32
+        && user.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(UsageError(format!(
+            "-b {user:?} is not a valid user name; use lower-case letters, digits, '-' and '_'"
+        )))
+    }
+}
+
+/// `-k`: a public key file, or the key itself.
+fn read_key(value: &str) -> anyhow::Result<String> {
+    let looks_like_key = |s: &str| {
+        let mut parts = s.split_whitespace();
+        matches!(parts.next(), Some(t) if t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-"))
+            && parts.next().is_some()
+    };
+    let path = Path::new(value);
+    let key = if path.is_file() {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading public key {}", path.display()))?
+            .trim()
+            .to_string()
+    } else {
+        value.trim().to_string()
+    };
+    if key.lines().count() == 1 && looks_like_key(&key) {
+        return Ok(key);
+    }
+    if path.is_file() {
+        Err(UsageError(format!(
+            "-k {value}: the file is not an OpenSSH public key (one line, 'ssh-ed25519 AAAA…'); pass the .pub file"
+        ))
+        .into())
+    } else {
+        Err(UsageError(format!(
+            "-k {value}: no such key file and not a public key; pass a .pub file or the key itself (cloud keypairs need a configured cloud)"
+        ))
+        .into())
+    }
+}
+
+/// A foreign architecture runs through qemu-user; say how to enable it.
+fn check_binfmt(arch: Arch) -> Result<(), UsageError> {
+    let entry = PathBuf::from(format!("/proc/sys/fs/binfmt_misc/qemu-{}", arch.uname()));
+    match std::fs::read_to_string(&entry) {
+        Ok(s) if s.starts_with("enabled") => Ok(()),
+        _ => Err(UsageError(format!(
+            "building for {arch} on this host needs qemu-user: apt-get install qemu-user-static binfmt-support, \
+             mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc, update-binfmts --enable qemu-{}",
+            arch.uname()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::TestSpec;
+
+    fn row(source: Source) -> Resolved {
+        Resolved {
+            db: "postgresql".into(),
+            version: "15".into(),
+            source,
+            release: "bookworm".into(),
+            arch: Arch::Amd64,
+            packages: vec!["postgresql-15".into()],
+            service: "postgresql".into(),
+            trove_manager: "postgresql".into(),
+            element: "postgresql".into(),
+            port: 5432,
+            test: TestSpec { guest_setup: String::new(), probe: vec![], env: BTreeMap::new() },
+        }
+    }
+
+    #[test]
+    fn name_rule() {
+        assert_eq!(image_name(&row(Source::Distro), "-dib", (2026, 11, 4)), "postgresql-15-dib-2026-11-04");
+        assert_eq!(image_name(&row(Source::Community), "-dib", (2026, 1, 24)), "postgresql-15-c-dib-2026-01-24");
+        assert_eq!(image_name(&row(Source::Enterprise), "-acme", (2027, 12, 31)), "postgresql-15-e-acme-2027-12-31");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_516), (2026, 3, 4));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn keys_and_users() {
+        assert!(read_key("ssh-ed25519 AAAAC3Nz user@host").is_ok());
+        let err = read_key("/nonexistent/key.pub").unwrap_err().to_string();
+        assert!(err.contains("no such key file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("id.pub");
+        std::fs::write(&f, "ssh-rsa AAAAB3 me\n").unwrap();
+        assert_eq!(read_key(f.to_str().unwrap()).unwrap(), "ssh-rsa AAAAB3 me");
+        std::fs::write(&f, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+        assert!(read_key(f.to_str().unwrap()).is_err());
+        assert!(check_user_name("debian").is_ok());
+        assert!(check_user_name("Root;rm").is_err());
+        assert!(check_user_name("").is_err());
+    }
+}

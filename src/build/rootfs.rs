@@ -1,0 +1,184 @@
+//! The base root tree: debootstrap once, then a cached tarball.
+//!
+//! The tarball's name carries a hash of everything that shapes the tree
+//! (distro, release, architecture, mirror, variant, extra packages), so a
+//! change to any of them makes a new base instead of reusing a wrong one.
+//! debootstrap's own .deb downloads are cached too.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::arch::Arch;
+use crate::disk::guard::{Teardown, Undo};
+use crate::run::{Cmd, RunError};
+
+/// Errors making or unpacking the base tree.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// A command failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A cache file or directory could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
+    move |source| RootfsError::Io { path: path.to_path_buf(), source }
+}
+
+/// Everything that determines the base tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BaseSpec {
+    /// Always `debian` for now.
+    pub distro: String,
+    /// Debian release.
+    pub release: String,
+    /// Target architecture.
+    pub arch: Arch,
+    /// Mirror debootstrap fetches from.
+    pub mirror: String,
+    /// Extra packages for debootstrap's `--include`.
+    pub include: Vec<String>,
+}
+
+impl BaseSpec {
+    /// The cache key: readable prefix plus a hash of every field.
+    pub fn key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(self).unwrap_or_default());
+        let digest = h.finalize();
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("{}-{}-{}-minbase-{hex}", self.distro, self.release, self.arch.debian())
+    }
+}
+
+/// Returns the cached base tarball for `spec`, making it first if needed.
+/// The bool says whether the cache was hit.
+pub fn ensure_base(
+    td: &mut Teardown,
+    spec: &BaseSpec,
+    cache_dir: &Path,
+) -> Result<(PathBuf, bool), RootfsError> {
+    let dir = cache_dir.join("rootfs");
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let tarball = dir.join(format!("{}.tar", spec.key()));
+    if tarball.is_file() {
+        return Ok((tarball, true));
+    }
+    let debs = cache_dir.join("debootstrap").join(format!("{}-{}", spec.release, spec.arch.debian()));
+    fs::create_dir_all(&debs).map_err(io_err(&debs))?;
+
+    let scratch = dir.join(format!(".build-{}", std::process::id()));
+    fs::create_dir_all(&scratch).map_err(io_err(&scratch))?;
+    let undo_scratch = Undo::RemoveDir { path: scratch.clone() };
+    td.push(undo_scratch.clone());
+    let tree = scratch.join("tree");
+    let mut cmd = Cmd::new("debootstrap")
+        .args(["--variant=minbase", "--merged-usr"])
+        .arg(format!("--arch={}", spec.arch.debian()))
+        .arg(format!("--cache-dir={}", debs.display()));
+    if !spec.include.is_empty() {
+        cmd = cmd.arg(format!("--include={}", spec.include.join(",")));
+    }
+    cmd.arg(&spec.release).arg(&tree).arg(&spec.mirror).run()?;
+
+    let partial = scratch.join("base.tar");
+    Cmd::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+        .arg(&tree)
+        .args(["-cf"])
+        .arg(&partial)
+        .arg(".")
+        .run()?;
+    fs::rename(&partial, &tarball).map_err(io_err(&tarball))?;
+    td.forget(&undo_scratch);
+    Undo::RemoveDir { path: scratch }.undo().map_err(|e| RootfsError::Io {
+        path: tarball.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok((tarball, false))
+}
+
+/// Unpacks a base tarball into `tree` (which must be empty or absent).
+pub fn unpack(tarball: &Path, tree: &Path) -> Result<(), RootfsError> {
+    fs::create_dir_all(tree).map_err(io_err(tree))?;
+    Cmd::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(tarball)
+        .arg("-C")
+        .arg(tree)
+        .run()?;
+    Ok(())
+}
+
+/// Writes apt's sources for the image: the release, its updates, and its
+/// security suite unless disabled (some mirrors carry a stale one).
+pub fn write_apt_sources(
+    tree: &Path,
+    release: &str,
+    mirror: &str,
+    security: Option<&str>,
+) -> Result<(), RootfsError> {
+    let mut text = format!(
+        "deb {mirror} {release} main\ndeb {mirror} {release}-updates main\n"
+    );
+    if let Some(sec) = security {
+        text.push_str(&format!("deb {sec} {release}-security main\n"));
+    }
+    let path = tree.join("etc/apt/sources.list");
+    fs::write(&path, text).map_err(io_err(&path))
+}
+
+/// Bytes used by a tree (apparent sizes of files, as `du -s --apparent`).
+pub fn tree_size(tree: &Path) -> Result<u64, RootfsError> {
+    let out = Cmd::new("du").args(["-s", "-x", "--block-size=1"]).arg(tree).output()?;
+    Ok(out.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> BaseSpec {
+        BaseSpec {
+            distro: "debian".into(),
+            release: "bookworm".into(),
+            arch: Arch::Amd64,
+            mirror: "http://deb.debian.org/debian".into(),
+            include: vec![],
+        }
+    }
+
+    #[test]
+    fn key_changes_with_every_input() {
+        let base = spec();
+        let mut keys = vec![base.key()];
+        let mut s = spec();
+        s.release = "trixie".into();
+        keys.push(s.key());
+        let mut s = spec();
+        s.arch = Arch::Ppc64le;
+        keys.push(s.key());
+        let mut s = spec();
+        s.mirror = "http://mirror.example/debian".into();
+        keys.push(s.key());
+        let mut s = spec();
+        s.include = vec!["vim".into()];
+        keys.push(s.key());
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len(), "{keys:?}");
+        assert!(base.key().starts_with("debian-bookworm-amd64-minbase-"));
+        assert_eq!(base.key(), spec().key(), "stable");
+    }
+}
