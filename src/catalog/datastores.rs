@@ -307,18 +307,20 @@ impl Catalog {
             let _ = write!(summary, "{r}/");
         }
         let _ = write!(summary, "{}", req.arch);
+        // The note explains an absence, so it only applies when distro rows
+        // are what is missing.
         let no_distro = !ds.rows.iter().any(|r| r.source == Source::Distro);
-        match &ds.distro_note {
-            Some(note) if req.source == Source::Distro && no_distro => {
-                let _ = write!(summary, ": {}", one_line(note));
-                if ds.rows.is_empty() {
-                    let _ = write!(summary, "; {} has no supported builds yet", ds.name);
-                }
-            }
-            _ if ds.rows.is_empty() => {
-                let _ = write!(summary, "; {} has no supported builds yet", ds.name);
-            }
-            _ => summary.push_str("; pick one of the supported rows below"),
+        let note = ds
+            .distro_note
+            .as_deref()
+            .filter(|_| req.source == Source::Distro && no_distro);
+        if let Some(note) = note {
+            let _ = write!(summary, ": {}", one_line(note));
+        }
+        if ds.rows.is_empty() {
+            let _ = write!(summary, "; {} has no builds in the catalog yet", ds.name);
+        } else if note.is_none() {
+            summary.push_str("; pick one of the supported rows below");
         }
         let table = self.table(Some(&ds.name)).trim_end().to_string();
         CatalogError::NoMatch { summary, table }
@@ -390,6 +392,17 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The parser's message without its multi-line source snippet: the first
+/// line already has the position, and the error must stay one line.
+fn parse_message(rendered: &str) -> String {
+    let first = rendered.lines().next().unwrap_or_default();
+    first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim()
+        .to_string()
+}
+
 /// Parses and validates one file.
 fn parse(path: &Path, text: &str) -> Result<Datastore, CatalogError> {
     let invalid = |msg: String| CatalogError::Invalid {
@@ -397,7 +410,7 @@ fn parse(path: &Path, text: &str) -> Result<Datastore, CatalogError> {
         msg,
     };
     let file: DatastoreFile =
-        serde_saphyr::from_str(text).map_err(|e| invalid(one_line(&e.to_string())))?;
+        serde_saphyr::from_str(text).map_err(|e| invalid(parse_message(&e.to_string())))?;
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -801,6 +814,15 @@ mod tests {
         assert_eq!(
             cat.resolve(&distro("x", None, None)).unwrap().packages,
             ["x"]
+        );
+        // Only amd64 is listed, so ppc64le must not fall back to it.
+        let e = cat
+            .resolve(&req("x", None, None, Arch::Ppc64le))
+            .unwrap_err();
+        let first = e.to_string().lines().next().unwrap_or_default().to_string();
+        assert_eq!(
+            first,
+            "no x (distro) for ppc64le; pick one of the supported rows below"
         );
     }
 

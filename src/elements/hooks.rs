@@ -119,13 +119,6 @@ pub struct Hook {
 pub fn hooks(elements: &[Element], phase: Phase) -> Result<Vec<Hook>, ElementError> {
     let mut out = Vec::new();
     for (name, (element, path)) in merged_dir(elements, phase.dir_name())? {
-        if !valid_name(&name, false) {
-            tracing::warn!(
-                "skipping {}: hook names may only contain letters, digits, '-' and '_'",
-                path.display()
-            );
-            continue;
-        }
         let mode = std::fs::metadata(&path)
             .map_err(|source| ElementError::Io {
                 path: path.clone(),
@@ -136,6 +129,13 @@ pub fn hooks(elements: &[Element], phase: Phase) -> Result<Vec<Hook>, ElementErr
         if mode & 0o111 == 0 {
             tracing::warn!(
                 "skipping {}: not executable (chmod +x to run it)",
+                path.display()
+            );
+            continue;
+        }
+        if !valid_name(&name, false) {
+            tracing::warn!(
+                "skipping {}: hook names may only contain letters, digits, '-' and '_'",
                 path.display()
             );
             continue;

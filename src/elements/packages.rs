@@ -390,10 +390,15 @@ fn read_doc(path: &Path) -> Result<Option<Value>, ElementError> {
         .map(Some)
         .map_err(|msg| ElementError::BadPackageInstalls {
             file: PathBuf::from(path),
-            msg: format!("not valid {}: {}", syntax_name(path), one_line(&msg)),
+            msg: format!(
+                "not valid {}: {}; fix the syntax",
+                syntax_name(path),
+                one_line(&msg)
+            ),
         })
 }
 
+/// The syntax `path` is parsed as, for messages.
 fn syntax_name(path: &Path) -> &'static str {
     if path.extension().is_some_and(|e| e == "json") {
         "JSON"
@@ -402,13 +407,15 @@ fn syntax_name(path: &Path) -> &'static str {
     }
 }
 
-/// Joins a (possibly multi-line, snippet-decorated) parser message into one line.
+/// The first line of a parser message: the rest is a source snippet, which
+/// would break the one-line error convention.
 fn one_line(msg: &str) -> String {
-    msg.lines()
+    let first = msg
+        .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+        .find(|l| !l.is_empty())
+        .unwrap_or("parse error");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
 }
 
 #[cfg(test)]
@@ -554,7 +561,6 @@ mod tests {
         let err = plan_for("p: [unclosed\n", Arch::Amd64, &[]).unwrap_err();
         assert!(err.to_string().contains("not valid YAML"), "{err}");
         assert!(!err.to_string().contains('\n'), "{err}");
-        eprintln!("YAMLERR: {err}");
     }
 
     #[test]
