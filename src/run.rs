@@ -10,7 +10,6 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
@@ -130,7 +129,6 @@ pub struct Cmd {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     env_clear: bool,
-    cwd: Option<PathBuf>,
     stdin_null: bool,
 }
 
@@ -142,7 +140,6 @@ impl Cmd {
             args: Vec::new(),
             env: Vec::new(),
             env_clear: false,
-            cwd: None,
             stdin_null: true,
         }
     }
@@ -186,12 +183,6 @@ impl Cmd {
         self
     }
 
-    /// Runs the child in `dir`.
-    pub fn cwd(mut self, dir: impl AsRef<Path>) -> Cmd {
-        self.cwd = Some(dir.as_ref().to_path_buf());
-        self
-    }
-
     /// The command line as logged: redacted, arguments quoted when needed.
     pub fn display(&self) -> String {
         let mut parts = vec![self.program.to_string_lossy().into_owned()];
@@ -213,9 +204,6 @@ impl Cmd {
             c.env_clear();
         }
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
-        if let Some(d) = &self.cwd {
-            c.current_dir(d);
-        }
         if self.stdin_null {
             c.stdin(Stdio::null());
         }

@@ -60,8 +60,6 @@ pub struct Settings {
     pub security: bool,
     /// The `<source>` part of image names (`DBIMAGE_SOURCE`).
     pub source: String,
-    /// The settings file that was read, if any.
-    pub file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -104,7 +102,6 @@ impl Settings {
                 .unwrap_or(true),
             source: env_str("DBIMAGE_SOURCE").or(file.source).unwrap_or_else(|| "-dib".into()),
             data_dir,
-            file: path,
         })
     }
 }

@@ -548,20 +548,10 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::catalog::{Source, TestSpec};
+    use crate::catalog::TestSpec;
 
     fn postgres() -> Resolved {
         Resolved {
-            db: "postgresql".into(),
-            version: "15".into(),
-            source: Source::Distro,
-            release: "bookworm".into(),
-            arch: Arch::Amd64,
-            packages: vec!["postgresql-15".into()],
-            service: "postgresql".into(),
-            trove_manager: "postgresql".into(),
-            element: "postgresql".into(),
-            port: 5432,
             test: TestSpec {
                 guest_setup: "echo \"listen_addresses='*'\" >> conf; sed -i s/5432/{port}/ f\n\
                               su postgres -c \"psql -c \\\"ALTER USER postgres PASSWORD '{password}'\\\"\"\n\
@@ -580,6 +570,7 @@ mod tests {
                 ],
                 env: BTreeMap::from([("PGPASSWORD".to_string(), "{password}".to_string())]),
             },
+            ..Resolved::example()
         }
     }
 

@@ -171,6 +171,9 @@ impl Plan {
         wanted.push(datastore.element.clone());
         wanted.extend(args.elements.iter().cloned());
         let chosen = library.resolve(&wanted)?;
+        // Two elements shipping the same environment.d file is an error in
+        // DIB; find it now rather than in the middle of the build.
+        elements::environment_files(&chosen)?;
         let pkg_plan = elements::package_plan(&chosen, arch, &env)?;
         let mut packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (phase, list) in pkg_plan.install {
@@ -312,22 +315,9 @@ fn check_binfmt(arch: Arch) -> Result<(), UsageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::TestSpec;
 
     fn row(source: Source) -> Resolved {
-        Resolved {
-            db: "postgresql".into(),
-            version: "15".into(),
-            source,
-            release: "bookworm".into(),
-            arch: Arch::Amd64,
-            packages: vec!["postgresql-15".into()],
-            service: "postgresql".into(),
-            trove_manager: "postgresql".into(),
-            element: "postgresql".into(),
-            port: 5432,
-            test: TestSpec { guest_setup: String::new(), probe: vec![], env: BTreeMap::new() },
-        }
+        Resolved { source, ..Resolved::example() }
     }
 
     #[test]

@@ -104,3 +104,23 @@ pub struct Resolved {
     /// How to check a booted image.
     pub test: TestSpec,
 }
+
+#[cfg(test)]
+impl Resolved {
+    /// A PostgreSQL 15 row for tests elsewhere in the crate.
+    pub fn example() -> Resolved {
+        Resolved {
+            db: "postgresql".into(),
+            version: "15".into(),
+            source: Source::Distro,
+            release: "bookworm".into(),
+            arch: Arch::Amd64,
+            packages: vec!["postgresql-15".into()],
+            service: "postgresql".into(),
+            trove_manager: "postgresql".into(),
+            element: "postgresql".into(),
+            port: 5432,
+            test: TestSpec { guest_setup: String::new(), probe: vec![], env: BTreeMap::new() },
+        }
+    }
+}

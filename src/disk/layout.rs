@@ -80,6 +80,7 @@ pub struct Partition {
     pub last_lba: u64,
 }
 
+#[cfg(test)]
 impl Partition {
     /// Size in bytes.
     pub fn bytes(&self) -> u64 {

@@ -46,10 +46,3 @@ pub fn convert(raw: &Path, out: &Path, compression: Compression) -> Result<(), R
     bar.finish_and_clear();
     result
 }
-
-/// Reads an image's virtual size in bytes with `qemu-img info`.
-pub fn virtual_size(image: &Path) -> Result<u64, RunError> {
-    let out = Cmd::new("qemu-img").args(["info", "--output=json"]).arg(image).output()?;
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    Ok(v.get("virtual-size").and_then(|s| s.as_u64()).unwrap_or(0))
-}

@@ -81,14 +81,10 @@ impl Library {
         self.elements.get(name)
     }
 
+    #[cfg(test)]
     /// All elements, sorted by name.
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
         self.elements.values()
-    }
-
-    /// The directories that were searched, in precedence order (last wins).
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
     }
 
     /// The searched directories as one colon-separated string, for messages.

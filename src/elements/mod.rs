@@ -20,8 +20,8 @@ pub mod packages;
 use std::path::PathBuf;
 
 pub use discover::{Element, Library, search_path};
-pub use hooks::{Hook, Phase, environment_files, hooks, static_dirs};
-pub use packages::{PackagePlan, package_plan};
+pub use hooks::{Phase, environment_files, hooks, static_dirs};
+pub use packages::package_plan;
 
 /// Errors in element discovery and resolution; all of them are the user's to
 /// fix, which is why the command layer maps them to the usage exit code.

@@ -50,6 +50,7 @@ pub struct PackagePlan {
     pub uninstall: BTreeMap<Phase, Vec<String>>,
 }
 
+#[cfg(test)]
 impl PackagePlan {
     /// The packages to install in `phase`.
     pub fn install_in(&self, phase: Phase) -> &[String] {
