@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::arch::Arch;
+
 /// Errors reading the settings.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -25,7 +27,24 @@ pub enum SettingsError {
          directory or set DBIMAGE_DATA_DIR"
     )]
     NoDataDir,
+    /// A `security_skip` entry is not `release/arch`.
+    #[error(
+        "security_skip entry {entry:?} (from {from}) is not release/arch, e.g. bookworm/ppc64el; \
+         '*' matches any release or architecture"
+    )]
+    BadSecuritySkip {
+        /// The entry.
+        entry: String,
+        /// The settings file or the environment variable.
+        from: String,
+    },
 }
+
+/// Pairs whose security suite is left out unless the settings say
+/// otherwise: the ppc64el index of bookworm-security has been seen stale on
+/// deb.debian.org's mirrors (size mismatches, by-hash 404s) for long enough
+/// to break every build.
+const DEFAULT_SECURITY_SKIP: [&str; 1] = ["bookworm/ppc64el"];
 
 /// The settings file's shape; every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +57,7 @@ struct File {
     mirror: Option<String>,
     security_mirror: Option<String>,
     security: Option<bool>,
+    security_skip: Option<Vec<String>>,
     source: Option<String>,
 }
 
@@ -58,6 +78,9 @@ pub struct Settings {
     pub security_mirror: String,
     /// Whether the release's security suite is added to the image's sources.
     pub security: bool,
+    /// `release/arch` pairs built without the security suite, whatever
+    /// `security` says (`DBIMAGE_SECURITY_SKIP`, comma-separated).
+    pub security_skip: Vec<String>,
     /// The `<source>` part of image names (`DBIMAGE_SOURCE`).
     pub source: String,
 }
@@ -79,6 +102,25 @@ impl Settings {
             .or(file.data_dir)
             .or_else(find_data_dir)
             .ok_or(SettingsError::NoDataDir)?;
+        // Set but empty means "skip nothing", so read the variable directly.
+        let (security_skip, skip_from) = match std::env::var("DBIMAGE_SECURITY_SKIP") {
+            Ok(v) => (
+                v.split([',', ' ']).filter(|e| !e.is_empty()).map(str::to_string).collect(),
+                "DBIMAGE_SECURITY_SKIP".to_string(),
+            ),
+            Err(_) => match file.security_skip {
+                Some(list) => {
+                    (list, path.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+                }
+                None => (DEFAULT_SECURITY_SKIP.iter().map(|e| e.to_string()).collect(), String::new()),
+            },
+        };
+        for entry in &security_skip {
+            parse_skip(entry).ok_or_else(|| SettingsError::BadSecuritySkip {
+                entry: entry.clone(),
+                from: skip_from.clone(),
+            })?;
+        }
         let images_dir = env_path("DBIMAGE_IMAGES_DIR")
             .or(file.images_dir)
             .unwrap_or_else(|| data_dir.join("images"));
@@ -100,10 +142,32 @@ impl Settings {
                 .map(|v| !matches!(v.as_str(), "0" | "no" | "false" | "off"))
                 .or(file.security)
                 .unwrap_or(true),
+            security_skip,
             source: env_str("DBIMAGE_SOURCE").or(file.source).unwrap_or_else(|| "-dib".into()),
             data_dir,
         })
     }
+}
+
+impl Settings {
+    /// Whether images of `release` for `arch` get the security suite.
+    pub fn security_for(&self, release: &str, arch: Arch) -> bool {
+        self.security
+            && !self.security_skip.iter().filter_map(|e| parse_skip(e)).any(|(r, a)| {
+                (r == "*" || r == release) && a.is_none_or(|a| a == arch)
+            })
+    }
+}
+
+/// `release/arch` (either part `*`; Debian's or our arch spelling) →
+/// (release, arch or any).
+fn parse_skip(entry: &str) -> Option<(&str, Option<Arch>)> {
+    let (release, arch) = entry.trim().split_once('/')?;
+    if release.is_empty() {
+        return None;
+    }
+    let arch = if arch == "*" { None } else { Some(arch.parse::<Arch>().ok()?) };
+    Some((release, arch))
 }
 
 fn env_str(key: &str) -> Option<String> {
@@ -141,4 +205,44 @@ fn find_data_dir() -> Option<PathBuf> {
         .chain(exe.iter().flat_map(|e| e.ancestors().skip(1).map(Path::to_path_buf)))
         .chain([PathBuf::from("/usr/share/dbimage")])
         .find(|d| is_data_dir(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_skip(skip: &[&str]) -> Settings {
+        Settings {
+            data_dir: PathBuf::new(),
+            cache_dir: PathBuf::new(),
+            work_dir: PathBuf::new(),
+            images_dir: PathBuf::new(),
+            mirror: String::new(),
+            security_mirror: String::new(),
+            security: true,
+            security_skip: skip.iter().map(|s| s.to_string()).collect(),
+            source: String::new(),
+        }
+    }
+
+    #[test]
+    fn security_skip_is_per_release_and_arch() {
+        let s = with_skip(&DEFAULT_SECURITY_SKIP);
+        assert!(!s.security_for("bookworm", Arch::Ppc64le));
+        assert!(s.security_for("bookworm", Arch::Amd64));
+        assert!(s.security_for("trixie", Arch::Ppc64le));
+        let s = with_skip(&["trixie/ppc64le", "*/amd64"]);
+        assert!(!s.security_for("trixie", Arch::Ppc64le));
+        assert!(!s.security_for("bookworm", Arch::Amd64));
+        assert!(s.security_for("bookworm", Arch::Ppc64le));
+        let s = with_skip(&["bookworm/*"]);
+        assert!(!s.security_for("bookworm", Arch::Amd64));
+        let mut s = with_skip(&[]);
+        assert!(s.security_for("bookworm", Arch::Ppc64le));
+        s.security = false;
+        assert!(!s.security_for("trixie", Arch::Amd64), "DBIMAGE_SECURITY=no wins");
+        assert!(parse_skip("bookworm").is_none());
+        assert!(parse_skip("bookworm/arm64").is_none());
+        assert!(parse_skip("/ppc64el").is_none());
+    }
 }

@@ -8,10 +8,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::plan::Install;
 use crate::catalog::{DbRequest, Resolved};
 
 /// What an image is and how it was made.
-#[derive(Debug, Serialize, Deserialize)]
+///
+/// A copy is embedded in the image at [`EMBEDDED_PATH`]; that copy lacks
+/// what only exists after conversion (the QCOW2's size and checksum).
+#[derive(Debug, Serialize)]
 pub struct Manifest {
     /// Image name.
     pub name: String,
@@ -23,8 +27,13 @@ pub struct Manifest {
     pub request: DbRequest,
     /// The catalog row it resolved to (what `dbimage test` reads).
     pub datastore: Resolved,
+    /// Where the database came from: the catalog, or the user's -p file.
+    pub install: Install,
     /// Installed versions of the database's packages.
     pub database_packages: BTreeMap<String, String>,
+    /// For packages from a vendor repository: the source each came from.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub origins: BTreeMap<String, String>,
     /// Elements in the order they were applied, with their source directory.
     pub elements: Vec<(String, String)>,
     /// Every installed package and its version.
@@ -35,8 +44,9 @@ pub struct Manifest {
     pub authorized_key: bool,
     /// Sizes in bytes.
     pub sizes: Sizes,
-    /// SHA-256 of the QCOW2 file.
-    pub sha256: String,
+    /// SHA-256 of the QCOW2 file (absent inside the image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// QCOW2 compression type.
     pub compression: String,
     /// Wall time per phase, in seconds.
@@ -50,9 +60,13 @@ pub struct Sizes {
     pub tree: u64,
     /// The disk's virtual size.
     pub disk: u64,
-    /// The QCOW2 file.
-    pub qcow2: u64,
+    /// The QCOW2 file (absent inside the image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qcow2: Option<u64>,
 }
+
+/// Where the image carries its own manifest.
+pub const EMBEDDED_PATH: &str = "etc/dbimage/manifest.json";
 
 /// Parses `dpkg-query -W -f '${Package}\t${Version}\n'` output.
 pub fn parse_package_list(text: &str) -> BTreeMap<String, String> {

@@ -5,3 +5,5 @@ pub mod phases;
 pub mod pipeline;
 pub mod plan;
 pub mod rootfs;
+pub mod tarball;
+pub mod vendor;

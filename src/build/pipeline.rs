@@ -10,7 +10,8 @@ use anyhow::Context;
 
 use super::manifest::{self, Manifest, Sizes};
 use super::phases::{self, PhaseRunner};
-use super::plan::{Plan, today};
+use super::plan::{Install, Plan, today};
+use super::{tarball, vendor};
 use super::rootfs::{self, BaseSpec};
 use crate::disk::guard::{Teardown, Undo};
 use crate::disk::layout::{self, Layout};
@@ -31,15 +32,12 @@ pub struct Outcome {
     pub timings: Vec<(String, Duration)>,
 }
 
-/// Phases run on the tree, before it goes onto a disk.
-const TREE_PHASES: [Phase; 6] = [
-    Phase::Root,
-    Phase::ExtraData,
-    Phase::PreInstall,
-    Phase::Install,
-    Phase::PostInstall,
-    Phase::PostRoot,
-];
+/// Phases run on the tree up to the database's own install step (the
+/// packages of install.d include the database's; a `-p` tarball's setup.sh
+/// runs right after install.d).
+const TREE_PHASES: [Phase; 4] = [Phase::Root, Phase::ExtraData, Phase::PreInstall, Phase::Install];
+/// Phases run on the tree after the database is in.
+const TREE_PHASES_AFTER_DB: [Phase; 2] = [Phase::PostInstall, Phase::PostRoot];
 /// Phases run on the mounted disk.
 const DISK_PHASES: [Phase; 3] = [Phase::BlockDevice, Phase::PreFinalise, Phase::Finalise];
 
@@ -61,6 +59,9 @@ impl Steps {
 
 /// Builds the image described by `plan`.
 pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
+    if plan.emulated {
+        crate::disk::binfmt::ensure(plan.request.arch)?;
+    }
     fs::create_dir_all(&plan.work_dir)
         .with_context(|| format!("creating work directory {}", plan.work_dir.display()))?;
     let work = plan.work_dir.join(format!("{}-{}", plan.name, std::process::id()));
@@ -92,6 +93,13 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         Ok(())
     })?;
 
+    // A vendor key that cannot be had or does not match stops the build
+    // before any package is installed.
+    let vendor_key = match &ds.repo {
+        Some(repo) => Some(vendor::fetch_key(repo, &plan.data_dir, &work)?),
+        None => None,
+    };
+
     // 2. Element phases on the tree, with apt's downloads cached.
     let hooks_dir = work.join("hooks");
     PhaseRunner::merge_elements(elements, &hooks_dir)?;
@@ -104,17 +112,36 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         timings: Vec::new(),
     };
     let apt_cache = plan.cache_dir.join("apt").join(format!("{}-{}", ds.release, arch.debian()));
-    let installed = steps.run("elements", || {
+    let (installed, origins) = steps.run("elements", || {
         phases::copy_static(elements, &tree)?;
         let mark = phases::enter(&mut td, &phases, &tree, Some(&apt_cache))?;
-        chroot::command(&tree, ["apt-get", "-q", "update"], &env)
-            .run()
-            .context("apt-get update in the image failed; if the mirror reports size or hash mismatches its security suite may be stale: set DBIMAGE_SECURITY=no")?;
+        let pkg_mark = td.mark();
+        if let (Some(repo), Some(key)) = (&ds.repo, &vendor_key) {
+            vendor::configure(&mut td, &tree, &ds.db, repo, key)?;
+        }
+        rootfs::apt_update(&tree, &env, &ds.release, arch)?;
+        stage_package(&mut td, &plan.install, &tree)?;
         phases.run_all(&TREE_PHASES, &tree)?;
+        if let Install::Tarball { .. } = plan.install {
+            run_setup_script(&tree, &env)?;
+        }
+        phases.run_all(&TREE_PHASES_AFTER_DB, &tree)?;
+        let origins = match &ds.repo {
+            Some(_) => vendor::origins(
+                &chroot::command(
+                    &tree,
+                    ["apt-cache", "policy"].into_iter().map(String::from).chain(ds.packages.iter().cloned()),
+                    &env,
+                )
+                .output()?,
+            ),
+            None => Default::default(),
+        };
+        td.unwind_to(pkg_mark).map_err(anyhow::Error::msg)?;
         let list = chroot::command(&tree, ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"], &env)
             .output()?;
         td.unwind_to(mark).map_err(anyhow::Error::msg)?;
-        Ok(manifest::parse_package_list(&list))
+        Ok((manifest::parse_package_list(&list), origins))
     })?;
 
     // 3. Disk: size, table, loop devices, filesystem, copy.
@@ -139,6 +166,36 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
     // The tree is on the disk now; free its space early.
     Undo::RemoveDir { path: tree.clone() }.undo().map_err(anyhow::Error::msg)?;
 
+    // The image carries its own manifest (what `dbimage inspect` shows).
+    let (y, m, d) = today();
+    let mut man = Manifest {
+        name: plan.name.clone(),
+        dbimage_version: env!("CARGO_PKG_VERSION").into(),
+        created: format!("{y:04}-{m:02}-{d:02}"),
+        request: plan.request.clone(),
+        datastore: ds.clone(),
+        install: plan.install.clone(),
+        database_packages: ds
+            .packages
+            .iter()
+            .filter_map(|p| installed.get(p).map(|v| (p.clone(), v.clone())))
+            .collect(),
+        elements: plan.elements.iter().map(|e| (e.name.clone(), e.path.display().to_string())).collect(),
+        origins,
+        packages: installed,
+        user: plan.user.clone(),
+        authorized_key: plan.ssh_key.is_some(),
+        sizes: Sizes { tree: tree_bytes, disk: disk_layout.size, qcow2: None },
+        sha256: None,
+        compression: format!("{:?}", plan.compression).to_lowercase(),
+        timings: Vec::new(),
+    };
+    let embedded = mnt.join(manifest::EMBEDDED_PATH);
+    if let Some(dir) = embedded.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&embedded, serde_json::to_vec_pretty(&man)?)?;
+
     // 4. Bootloader and finalise on the mounted disk.
     steps.run("finalise", || {
         phases.env.push(("IMAGE_BLOCK_DEVICE".into(), dev.device.display().to_string()));
@@ -162,31 +219,11 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         Ok(())
     })?;
     let qcow2_size = fs::metadata(&partial)?.len();
-    let sha256 = manifest::sha256_file(&partial)?;
-
+    man.sizes.qcow2 = Some(qcow2_size);
+    man.sha256 = Some(manifest::sha256_file(&partial)?);
     let mut timings = steps.timings;
     timings.extend(phases.timings.iter().map(|(n, d)| (format!("  {n}"), *d)));
-    let (y, m, d) = today();
-    let man = Manifest {
-        name: plan.name.clone(),
-        dbimage_version: env!("CARGO_PKG_VERSION").into(),
-        created: format!("{y:04}-{m:02}-{d:02}"),
-        request: plan.request.clone(),
-        datastore: ds.clone(),
-        database_packages: ds
-            .packages
-            .iter()
-            .filter_map(|p| installed.get(p).map(|v| (p.clone(), v.clone())))
-            .collect(),
-        elements: plan.elements.iter().map(|e| (e.name.clone(), e.path.display().to_string())).collect(),
-        packages: installed,
-        user: plan.user.clone(),
-        authorized_key: plan.ssh_key.is_some(),
-        sizes: Sizes { tree: tree_bytes, disk: disk_layout.size, qcow2: qcow2_size },
-        sha256,
-        compression: format!("{:?}", plan.compression).to_lowercase(),
-        timings: timings.iter().map(|(n, d)| (n.trim().to_string(), d.as_secs_f64())).collect(),
-    };
+    man.timings = timings.iter().map(|(n, d)| (n.trim().to_string(), d.as_secs_f64())).collect();
     let man_partial = outdir.join(format!(".{}.json.partial", plan.name));
     let undo_man = Undo::RemoveFile { path: man_partial.clone() };
     td.push(undo_man.clone());
@@ -199,4 +236,39 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
     drop(td);
 
     Ok(Outcome { image: plan.output.clone(), manifest: plan.manifest.clone(), size: qcow2_size, timings })
+}
+
+/// Puts the user's `-p` file where the chroot sees it: a .deb copied for
+/// apt, a tarball safely unpacked. Removed again before the disk is made.
+fn stage_package(td: &mut Teardown, install: &Install, tree: &Path) -> anyhow::Result<()> {
+    let dir = Install::dir_in_tree(tree);
+    match install {
+        Install::Catalog => return Ok(()),
+        Install::Deb { path, .. } => {
+            fs::create_dir_all(&dir)?;
+            td.push(Undo::RemoveDir { path: dir.clone() });
+            let name = path.file_name().unwrap_or_default();
+            fs::copy(path, dir.join(name))
+                .with_context(|| format!("copying {} into the image", path.display()))?;
+        }
+        Install::Tarball { path } => {
+            fs::create_dir_all(&dir)?;
+            td.push(Undo::RemoveDir { path: dir.clone() });
+            let summary = tarball::unpack(path, &dir, &tarball::Limits::default())
+                .with_context(|| format!("unpacking {}", path.display()))?;
+            tracing::info!("    unpacked {} ({} entries, {} bytes)", path.display(), summary.entries, summary.bytes);
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `-p` tarball's `setup.sh` in the chroot, from its own directory.
+fn run_setup_script(tree: &Path, env: &[(String, String)]) -> anyhow::Result<()> {
+    tracing::info!("==> setup.sh from the package tarball");
+    let dir = Install::dir_in_tree(tree);
+    let inside = format!("/{}", dir.strip_prefix(tree).unwrap_or(&dir).display());
+    chroot::command(tree, ["/bin/sh", "-c", "cd \"$0\" && if [ -x setup.sh ]; then exec ./setup.sh; else exec /bin/sh setup.sh; fi", &inside], env)
+        .run()
+        .context("the package's setup.sh failed")?;
+    Ok(())
 }

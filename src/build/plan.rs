@@ -13,7 +13,10 @@ use crate::catalog::{Catalog, DbRequest, Resolved, Source};
 use crate::cli::{Compression, MakeArgs};
 use crate::commands::UsageError;
 use crate::elements::{self, Element, Library};
+use crate::run::Cmd;
 use crate::settings::Settings;
+
+use super::tarball;
 
 /// The OS element every build starts from.
 const OS_ELEMENT: &str = "debian";
@@ -29,6 +32,8 @@ pub struct Plan {
     pub request: DbRequest,
     /// The catalog row it resolved to.
     pub datastore: Resolved,
+    /// Where the database's bits come from.
+    pub install: Install,
     /// Image name (`<db>-<version>[-c|-e]<source>-<date>`).
     pub name: String,
     /// Final QCOW2 path.
@@ -60,12 +65,99 @@ pub struct Plan {
     pub force: bool,
     /// Variables every hook sees.
     pub env: BTreeMap<String, String>,
+    /// Where datastores/, elements/ and the vendor keys live.
+    pub data_dir: PathBuf,
     /// Cache directory (base trees, packages).
     pub cache_dir: PathBuf,
     /// Parent of this build's work directory.
     pub work_dir: PathBuf,
     /// Whether the target architecture needs qemu-user on this host.
     pub emulated: bool,
+}
+
+/// Where the chroot sees the user's package (`-p`).
+const PACKAGE_DIR_IN_TREE: &str = "/tmp/dbimage-pkg";
+
+/// How the database gets into the image.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Install {
+    /// The catalog row's packages (the distro's or a vendor repository's).
+    Catalog,
+    /// The user's .deb, installed by apt with its dependencies from Debian.
+    Deb {
+        /// The file on the host.
+        path: PathBuf,
+        /// Its package name.
+        package: String,
+        /// Its version.
+        version: String,
+    },
+    /// The user's tarball; its `setup.sh` runs in the chroot.
+    Tarball {
+        /// The file on the host.
+        path: PathBuf,
+    },
+}
+
+impl Install {
+    /// Checks a `-p` file now, so a bad one fails before anything is built.
+    fn inspect(path: &Path, arch: Arch) -> anyhow::Result<Install> {
+        let shown = path.display();
+        if !path.is_file() {
+            return Err(UsageError(format!("-p {shown}: no such file")).into());
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        if name.ends_with(".deb") {
+            let fields = Cmd::new("dpkg-deb")
+                .args(["--field"])
+                .arg(path)
+                .args(["Package", "Version", "Architecture"])
+                .output()
+                .map_err(|e| {
+                    UsageError(format!("-p {shown} is not a valid Debian package: {}", first_line(&e.to_string())))
+                })?;
+            let field = |key: &str| {
+                fields
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let (package, version, deb_arch) = (field("Package"), field("Version"), field("Architecture"));
+            if package.is_empty() || version.is_empty() {
+                return Err(UsageError(format!("-p {shown} has no Package or Version field; is it a .deb?")).into());
+            }
+            if deb_arch != "all" && deb_arch != arch.debian() {
+                return Err(UsageError(format!(
+                    "-p {shown} is built for {deb_arch}, the image is {}; use the package for {} or pass -a",
+                    arch,
+                    arch.debian()
+                ))
+                .into());
+            }
+            return Ok(Install::Deb { path: path.to_path_buf(), package, version });
+        }
+        tarball::detect(path).map_err(|e| UsageError(format!("-p {shown}: {e}")))?;
+        tarball::check(path, &tarball::Limits::default()).map_err(|e| UsageError(format!("-p {shown}: {e}")))?;
+        Ok(Install::Tarball { path: path.to_path_buf() })
+    }
+
+    /// Where a `-p` .deb appears inside the chroot, for apt.
+    pub fn deb_path_in_tree(path: &Path) -> String {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        format!("{PACKAGE_DIR_IN_TREE}/{name}")
+    }
+
+    /// The scratch directory for the user's package, inside the tree.
+    pub fn dir_in_tree(tree: &Path) -> PathBuf {
+        tree.join(PACKAGE_DIR_IN_TREE.trim_start_matches('/'))
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
 }
 
 /// An element chosen for the build.
@@ -94,13 +186,6 @@ impl Plan {
             )
             .into());
         }
-        if args.package.is_some() {
-            return Err(UsageError(
-                "-p (your own .deb or tarball) is not supported yet; build from the catalog without -p"
-                    .into(),
-            )
-            .into());
-        }
         let host = Arch::host();
         let arch = args.arch.or(host).ok_or_else(|| {
             UsageError("cannot tell this host's architecture; pass -a amd64 or -a ppc64le".into())
@@ -124,7 +209,17 @@ impl Plan {
             arch,
         };
         let catalog = Catalog::load(&settings.data_dir.join("datastores"))?;
-        let datastore = catalog.resolve(&request)?;
+        let (datastore, db_install) = match &args.package {
+            None => (catalog.resolve(&request)?, Install::Catalog),
+            Some(path) => {
+                let mut ds = catalog.resolve_own_package(&request)?;
+                let install = Install::inspect(path, arch)?;
+                if let Install::Deb { package, .. } = &install {
+                    ds.packages = vec![package.clone()];
+                }
+                (ds, install)
+            }
+        };
 
         let user = args.user.clone().unwrap_or_else(|| DEFAULT_USER.to_string());
         check_user_name(&user)?;
@@ -180,9 +275,14 @@ impl Plan {
             packages.entry(phase.dir_name().to_string()).or_default().extend(list);
         }
         let install = packages.entry(elements::Phase::Install.dir_name().to_string()).or_default();
-        for p in &datastore.packages {
-            if !install.contains(p) {
-                install.push(p.clone());
+        let db_packages = match &db_install {
+            Install::Deb { path, .. } => vec![Install::deb_path_in_tree(path)],
+            Install::Tarball { .. } => Vec::new(),
+            Install::Catalog => datastore.packages.clone(),
+        };
+        for p in db_packages {
+            if !install.contains(&p) {
+                install.push(p);
             }
         }
         let uninstall = pkg_plan
@@ -191,6 +291,8 @@ impl Plan {
             .map(|(phase, list)| (phase.dir_name().to_string(), list))
             .collect();
 
+        let security_mirror =
+            settings.security_for(&datastore.release, arch).then(|| settings.security_mirror.clone());
         let plan = Plan {
             elements: chosen
                 .iter()
@@ -198,6 +300,7 @@ impl Plan {
                 .collect(),
             request,
             datastore,
+            install: db_install,
             name,
             output,
             manifest,
@@ -206,12 +309,13 @@ impl Plan {
             user,
             ssh_key,
             mirror: settings.mirror.clone(),
-            security_mirror: settings.security.then(|| settings.security_mirror.clone()),
+            security_mirror,
             compression: args.compression,
             size_mib: args.size,
             publish: !args.image_only,
             force: args.force,
             env,
+            data_dir: settings.data_dir.clone(),
             cache_dir: settings.cache_dir.clone(),
             work_dir: settings.work_dir.clone(),
             emulated,
@@ -299,16 +403,25 @@ fn read_key(value: &str) -> anyhow::Result<String> {
     }
 }
 
-/// A foreign architecture runs through qemu-user; say how to enable it.
+/// A foreign architecture runs through qemu-user. Planning only looks, so
+/// `--dry-run` changes nothing: the build registers an installed but
+/// unregistered qemu-user itself (`disk::binfmt::ensure`).
 fn check_binfmt(arch: Arch) -> Result<(), UsageError> {
-    let entry = PathBuf::from(format!("/proc/sys/fs/binfmt_misc/qemu-{}", arch.uname()));
-    match std::fs::read_to_string(&entry) {
-        Ok(s) if s.starts_with("enabled") => Ok(()),
-        _ => Err(UsageError(format!(
-            "building for {arch} on this host needs qemu-user: apt-get install qemu-user-static binfmt-support, \
-             mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc, update-binfmts --enable qemu-{}",
-            arch.uname()
-        ))),
+    use crate::disk::binfmt::{self, Emulation};
+    match binfmt::status(arch) {
+        Emulation::Enabled => {
+            tracing::info!("{arch} binaries run through qemu-user on this host");
+            Ok(())
+        }
+        Emulation::Registrable { interpreter } => {
+            tracing::info!(
+                "qemu-user for {arch} ({}) is installed but not registered; the build will register it",
+                interpreter.display()
+            );
+            Ok(())
+        }
+        Emulation::NoFixBinary => Err(UsageError(binfmt::BinfmtError::NoFixBinary(arch).to_string())),
+        Emulation::Missing => Err(UsageError(binfmt::missing_message(arch))),
     }
 }
 

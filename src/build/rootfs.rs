@@ -29,6 +29,23 @@ pub enum RootfsError {
         /// The error.
         source: std::io::Error,
     },
+    /// `apt-get update` found index files that do not match the mirror's
+    /// Release file.
+    #[error(
+        "the Debian mirror is inconsistent for {release}/{arch}: its index files do not match its \
+         Release file ({detail}). This is the mirror's fault (mid-sync or a stale suite), not the build's: \
+         retry later, point DBIMAGE_MIRROR / DBIMAGE_SECURITY_MIRROR at another mirror, or, if only \
+         {release}-security is affected, add \"{release}/{deb}\" to security_skip (DBIMAGE_SECURITY_SKIP)",
+        deb = arch.debian()
+    )]
+    MirrorInconsistent {
+        /// The Debian release.
+        release: String,
+        /// The target architecture.
+        arch: Arch,
+        /// apt's own words.
+        detail: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
@@ -138,6 +155,36 @@ pub fn write_apt_sources(
     fs::write(&path, text).map_err(io_err(&path))
 }
 
+/// `apt-get update` inside `tree` (already prepared as a chroot), naming a
+/// mirror caught mid-sync as such instead of leaving apt's lines to decode.
+pub fn apt_update(
+    tree: &Path,
+    env: &[(String, String)],
+    release: &str,
+    arch: Arch,
+) -> Result<(), RootfsError> {
+    let err = match crate::disk::chroot::command(tree, ["apt-get", "-q", "update"], env).run() {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if let RunError::Failed { tail, .. } = &err {
+        if let Some(detail) = mirror_inconsistency(tail) {
+            return Err(RootfsError::MirrorInconsistent { release: release.to_string(), arch, detail });
+        }
+    }
+    Err(err.into())
+}
+
+/// The line of apt's output that shows the mirror disagreeing with itself.
+fn mirror_inconsistency(lines: &[String]) -> Option<String> {
+    const SIGNS: [&str; 4] =
+        ["Hash Sum mismatch", "unexpected size", "Mirror sync in progress", "by-hash"];
+    lines
+        .iter()
+        .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+        .map(|l| l.trim().trim_start_matches("E: ").to_string())
+}
+
 /// Bytes used by a tree (apparent sizes of files, as `du -s --apparent`).
 pub fn tree_size(tree: &Path) -> Result<u64, RootfsError> {
     let out = Cmd::new("du").args(["-s", "-x", "--block-size=1"]).arg(tree).output()?;
@@ -156,6 +203,31 @@ mod tests {
             mirror: "http://deb.debian.org/debian".into(),
             include: vec![],
         }
+    }
+
+    #[test]
+    fn mirror_mid_sync_is_recognised() {
+        let tail = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let size = tail(&[
+            "Get:5 http://deb.debian.org/debian-security bookworm-security/main ppc64el Packages [1 kB]",
+            "Err:5 http://deb.debian.org/debian-security bookworm-security/main ppc64el Packages",
+            "  File has unexpected size (268880 != 268431). Mirror sync in progress? [IP: 1.2.3.4 80]",
+            "E: Some index files failed to download. They have been ignored, or old ones used instead.",
+        ]);
+        assert!(mirror_inconsistency(&size).is_some_and(|l| l.contains("unexpected size")));
+        let by_hash = tail(&[
+            "E: Failed to fetch http://deb.debian.org/debian-security/dists/bookworm-security/main/binary-ppc64el/by-hash/SHA256/abc  404  Not Found",
+        ]);
+        assert!(mirror_inconsistency(&by_hash).is_some_and(|l| l.starts_with("Failed to fetch")));
+        let dns = tail(&["W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'"]);
+        assert_eq!(mirror_inconsistency(&dns), None);
+        let err = RootfsError::MirrorInconsistent {
+            release: "bookworm".into(),
+            arch: Arch::Ppc64le,
+            detail: "Hash Sum mismatch".into(),
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("mirror is inconsistent") && msg.contains("\"bookworm/ppc64el\""), "{msg}");
     }
 
     #[test]

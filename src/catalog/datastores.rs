@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DbRequest, Resolved, Source, TestSpec};
+use super::{DbRequest, Resolved, VendorRepo, Source, TestSpec};
 use crate::arch::Arch;
 
 /// Debian releases the catalog may name, oldest first; the order decides
@@ -93,6 +93,9 @@ pub struct Row {
     pub version: String,
     /// Packages that install the database.
     pub packages: Vec<String>,
+    /// Vendor repository providing them (community/enterprise rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<VendorRepo>,
 }
 
 /// One database, validated.
@@ -146,6 +149,8 @@ struct RowFile {
     arch: Vec<Arch>,
     version: String,
     packages: Vec<String>,
+    #[serde(default)]
+    repo: Option<VendorRepo>,
 }
 
 impl Catalog {
@@ -223,6 +228,36 @@ impl Catalog {
             release: row.release.clone(),
             arch: req.arch,
             packages: row.packages.clone(),
+            repo: row.repo.clone(),
+            service: ds.service.clone(),
+            trove_manager: ds.trove_manager.clone(),
+            element: ds.element.clone(),
+            port: ds.port,
+            test: ds.test.clone(),
+        })
+    }
+
+    /// Resolves a request whose database comes from the user's own package
+    /// (`-p`): the datastore's service, element, port and test come from the
+    /// catalog, the version is the request's (x.y), the release is `-r` or
+    /// the default, and the package list is left for the caller to fill.
+    pub fn resolve_own_package(&self, req: &DbRequest) -> Result<Resolved, CatalogError> {
+        let ds = self.get(&req.db)?;
+        let version = req.version.as_deref().map(request_version).transpose()?.ok_or_else(|| {
+            CatalogError::BadVersion { version: String::new() }
+        })?;
+        let release = req.release.clone().unwrap_or_else(|| DEFAULT_RELEASE.to_string());
+        if release_rank(&release).is_none() {
+            return Err(CatalogError::UnknownRelease { release });
+        }
+        Ok(Resolved {
+            db: ds.name.clone(),
+            version: version.join("."),
+            source: req.source,
+            release,
+            arch: req.arch,
+            packages: Vec::new(),
+            repo: None,
             service: ds.service.clone(),
             trove_manager: ds.trove_manager.clone(),
             element: ds.element.clone(),
@@ -473,6 +508,23 @@ fn parse(path: &Path, text: &str) -> Result<Datastore, CatalogError> {
                 "{at}: packages is empty or has an empty name"
             )));
         }
+        if let Some(repo) = &r.repo {
+            if r.source == Source::Distro {
+                return Err(invalid(format!("{at}: distro rows take Debian's packages; remove repo or use source community/enterprise")));
+            }
+            match (&repo.key, &repo.key_url, &repo.fingerprint) {
+                (Some(_), None, _) | (None, Some(_), Some(_)) => {}
+                (None, Some(_), None) => {
+                    return Err(invalid(format!("{at}: repo.key_url needs repo.fingerprint so a fetched key can be checked")));
+                }
+                _ => return Err(invalid(format!("{at}: repo needs exactly one of key (a file in datastores/keys/) or key_url"))),
+            }
+            if repo.url.trim().is_empty() || repo.suite.trim().is_empty() {
+                return Err(invalid(format!("{at}: repo.url and repo.suite must be set")));
+            }
+        } else if r.source != Source::Distro {
+            return Err(invalid(format!("{at}: {} rows need a repo (the vendor's apt repository)", r.source)));
+        }
         let row = Row {
             database: file.name.clone(),
             source: r.source,
@@ -480,6 +532,7 @@ fn parse(path: &Path, text: &str) -> Result<Datastore, CatalogError> {
             arch: r.arch,
             version: r.version,
             packages: r.packages,
+            repo: r.repo,
         };
         // Rows whose versions are prefix-related would both match the longer
         // one, and only one of them could ever be chosen.
@@ -697,6 +750,19 @@ mod tests {
     }
 
     #[test]
+    fn own_package_takes_catalog_metadata_and_request_version() {
+        let cat = catalog();
+        let mut req = distro("mysql", Some("8.0.36"), None);
+        let r = cat.resolve_own_package(&req).unwrap();
+        assert_eq!((r.version.as_str(), r.release.as_str()), ("8.0", DEFAULT_RELEASE));
+        assert_eq!((r.service.as_str(), r.port), ("mysql", 3306));
+        assert!(r.packages.is_empty());
+        req.release = Some("sid".into());
+        assert!(cat.resolve_own_package(&req).is_err());
+        assert!(cat.resolve_own_package(&distro("nosuchdb", Some("1"), None)).is_err());
+    }
+
+    #[test]
     fn no_match_errors() {
         let cat = catalog();
         let first = assert_shape(&no_match(&cat, &distro("mysql", None, None)), "mysql");
@@ -729,10 +795,15 @@ mod tests {
             "no postgresql 15 (distro) for trixie/amd64; pick one of the supported rows below"
         );
 
-        let mut community = distro("postgresql", None, None);
+        let mut community = distro("postgresql", Some("15"), None);
         community.source = Source::Community;
         let first = assert_shape(&no_match(&cat, &community), "postgresql");
-        assert!(first.starts_with("no postgresql (community)"), "{first}");
+        assert!(first.starts_with("no postgresql 15 (community)"), "{first}");
+        // The PGDG rows provide the versions Debian 12 lacks.
+        community.version = Some("16".into());
+        let pgdg = cat.resolve(&community).unwrap();
+        assert_eq!(pgdg.release, "bookworm");
+        assert!(pgdg.repo.is_some_and(|r| r.url.contains("apt.postgresql.org")));
     }
 
     #[test]
@@ -780,12 +851,12 @@ mod tests {
         }
         assert!(table.contains("mysql "), "{table}");
         let pg = cat.table(Some("postgresql"));
-        assert_eq!(pg.lines().count(), 3, "{pg}");
+        assert_eq!(pg.lines().count(), 5, "{pg}");
         let json = serde_json::to_value(cat.rows(Some("redis")).collect::<Vec<_>>()).unwrap();
         assert_eq!(json[0]["database"], "redis");
         assert_eq!(json[0]["source"], "distro");
         assert_eq!(json[0]["arch"][1], "ppc64le");
-        assert_eq!(cat.rows(Some("mysql")).count(), 0);
+        assert!(cat.rows(Some("mysql")).all(|r| r.source != Source::Distro));
     }
 
     const GOOD: &str = "name: x\ntrove_manager: x\nservice: x\nelement: x\nport: 1\n\

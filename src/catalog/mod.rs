@@ -78,6 +78,45 @@ pub struct TestSpec {
     pub env: BTreeMap<String, String>,
 }
 
+/// A vendor's apt repository that provides a community or enterprise
+/// edition, used for that build only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorRepo {
+    /// Repository base URL (`deb URL SUITE COMPONENTS`).
+    pub url: String,
+    /// Suite (distribution) name.
+    pub suite: String,
+    /// Components.
+    pub components: Vec<String>,
+    /// ASCII-armoured signing key: a file under `datastores/keys/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Or a URL to fetch the key from at build time (needs `fingerprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_url: Option<String>,
+    /// The signing key's fingerprint; checked before the key is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// apt pin for this repository (`o=Origin`, `n=suite`…); default: its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// Pin-Priority of the repository's packages.
+    #[serde(default = "default_pin_priority")]
+    pub pin_priority: i32,
+    /// Leave the repository configured in the final image.
+    #[serde(default)]
+    pub keep: bool,
+    /// Terms of use printed before building (enterprise editions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<String>,
+}
+
+fn default_pin_priority() -> i32 {
+    // Above 1000: the vendor's packages win even over a newer Debian version.
+    1001
+}
+
 /// One fully resolved catalog row: everything the build needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolved {
@@ -103,6 +142,9 @@ pub struct Resolved {
     pub port: u16,
     /// How to check a booted image.
     pub test: TestSpec,
+    /// The vendor repository the packages come from, if not Debian's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<VendorRepo>,
 }
 
 #[cfg(test)]
@@ -121,6 +163,7 @@ impl Resolved {
             element: "postgresql".into(),
             port: 5432,
             test: TestSpec { guest_setup: String::new(), probe: vec![], env: BTreeMap::new() },
+            repo: None,
         }
     }
 }

@@ -28,6 +28,13 @@ pub fn run(args: MakeArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
     }
+    if let Some(terms) = plan.datastore.repo.as_ref().and_then(|r| r.terms.as_deref()) {
+        tracing::warn!(
+            "{} {} edition: {terms} By building this image you confirm that you have read and comply with these terms.",
+            plan.datastore.db,
+            plan.datastore.source
+        );
+    }
     tracing::info!(
         "building {} ({} {} from {}, Debian {} {})",
         plan.name,

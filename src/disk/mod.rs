@@ -1,6 +1,7 @@
 //! Disks and trees on the host: the teardown stack, loop devices, mounts,
 //! the chroot, partition layout and bootloader, and QCOW2 conversion.
 
+pub mod binfmt;
 pub mod chroot;
 pub mod guard;
 pub mod layout;

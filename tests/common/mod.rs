@@ -90,3 +90,75 @@ pub fn require_root() {
 fn nix_is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
 }
+
+/// Runs a debugfs request against the root filesystem (GPT partition 2) of
+/// a QCOW2 image without mounting: qemu-img to raw, dd the partition out.
+/// Returns debugfs's stdout and stderr.
+pub fn debugfs_in_image(image: &Path, request: &str) -> (String, String) {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let raw = tmp.path().join("disk.raw");
+    let ok = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(&raw).status().unwrap();
+    assert!(ok.success());
+    let dump = Command::new("sfdisk").arg("--json").arg(&raw).output().unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let part = &table["partitiontable"]["partitions"][1];
+    let (start, size) = (part["start"].as_u64().unwrap(), part["size"].as_u64().unwrap());
+    let fs = tmp.path().join("root.ext4");
+    let ok = Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", fs.display()))
+        .args(["bs=512", "conv=sparse", "status=none"])
+        .arg(format!("skip={start}"))
+        .arg(format!("count={size}"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = Command::new("debugfs").arg("-R").arg(request).arg(&fs).output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Names in a directory of the image's root filesystem.
+pub fn list_image_dir(image: &Path, dir: &str) -> Vec<String> {
+    // `ls -p` prints /inode/mode/uid/gid/name/size/ per entry.
+    let (out, _) = debugfs_in_image(image, &format!("ls -p {dir}"));
+    out.lines()
+        .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .collect()
+}
+
+/// Builds an image with `dbimage make ARGS -I` (one build at a time),
+/// checks the host is clean and exactly the image and its manifest were
+/// written, and returns the image's path and manifest.
+pub fn make_image(scratch: &Scratch, args: &[&str], env: &[(&str, &Path)]) -> (PathBuf, serde_json::Value) {
+    let _lock = build_lock();
+    let mut c = scratch.cmd();
+    c.arg("make").args(args).arg("-I");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = run(c);
+    assert!(out.status.success(), "dbimage make {args:?} failed");
+    scratch.assert_clean();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let image = PathBuf::from(stdout.lines().next().unwrap().split(' ').next().unwrap());
+    let name = image.file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.ends_with(".qcow2"), "{stdout}");
+    let manifest_path = image.with_extension("json");
+    let mut files = scratch.outputs();
+    files.sort();
+    assert_eq!(files, vec![manifest_path.file_name().unwrap().to_string_lossy().to_string(), name]);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    (image, manifest)
+}
+
+/// Boots the image with `dbimage test` and requires its database to answer.
+pub fn boot_and_answer(scratch: &Scratch, image: &Path, db: &str) {
+    let mut c = scratch.cmd();
+    c.arg("test").arg(image).args(["--timeout", "480"]);
+    let out = run(c);
+    assert!(out.status.success(), "{db} image did not answer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("{db} answered")), "{stdout}");
+    scratch.assert_clean();
+}
