@@ -35,6 +35,8 @@ pub enum Command {
     Datastores(DatastoresArgs),
     /// Undo mounts and loop devices left by a build that was killed.
     Cleanup,
+    /// Show what an image holds (OS, database, kernel, SSH keys); needs no root.
+    Inspect(InspectArgs),
 }
 
 /// Where the database comes from.
@@ -130,6 +132,16 @@ pub struct DatastoresArgs {
     /// Only this database.
     #[arg(short = 'd', long = "database", value_name = "DB")]
     pub db: Option<String>,
+    /// Output format.
+    #[arg(short = 'f', long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `dbimage inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image: QCOW2, raw, or any other format qemu-img reads.
+    pub image: PathBuf,
     /// Output format.
     #[arg(short = 'f', long, value_enum, default_value_t = Format::Table)]
     pub format: Format,

@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod disk;
 mod elements;
+mod image;
 mod logging;
 mod run;
 mod settings;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         Command::Test(args) => commands::test::run(args),
         Command::Datastores(args) => commands::datastores::run(args),
         Command::Cleanup => commands::cleanup::run(),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     commands::exit(result)
 }

@@ -56,6 +56,10 @@ const ACCEPTED: &str = ".tar, .tgz, .tar.gz, .tar.bz2, .tbz2";
 /// member; real ones are a few hundred bytes.
 const HEADER_ALLOWANCE: u64 = 1 << 20;
 
+/// Linux's PATH_MAX: no longer name or link target can be created, and the
+/// per-entry bookkeeping is linear in the name's length.
+const MAX_NAME: usize = 4096;
+
 /// Permission bits kept from the archive: setuid, setgid and sticky are
 /// dropped so a package cannot plant a setuid binary in the image.
 const MODE_MASK: u32 = 0o777;
@@ -157,6 +161,14 @@ pub enum TarballError {
     EmptyName {
         /// 1-based position in the archive.
         index: u64,
+    },
+    /// A member name or link target is longer than any path can be.
+    #[error(
+        "tarball entry {entry:?}... has a name or link target over {MAX_NAME} bytes; shorten it"
+    )]
+    NameTooLong {
+        /// The start of the name.
+        entry: String,
     },
     /// A member name holds a NUL byte, which no file name can.
     #[error("tarball entry {entry:?} has a NUL byte in its name; rebuild the tarball")]
@@ -604,6 +616,12 @@ impl Checker<'_> {
         }
         let raw_name = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw_name).into_owned();
+        let link_len = entry.link_name_bytes().map_or(0, |l| l.len());
+        if raw_name.len() > MAX_NAME || link_len > MAX_NAME {
+            return Err(TarballError::NameTooLong {
+                entry: name.chars().take(80).collect(),
+            });
+        }
         let rel = normalise(&raw_name).map_err(|bad| match bad {
             BadPath::Empty => TarballError::EmptyName {
                 index: self.members,
@@ -700,11 +718,16 @@ impl Checker<'_> {
     /// Enters the member and its implied parents into `seen`, refusing paths
     /// through earlier symlinks or files and any replacement.
     fn record(&mut self, rel: &Path, name: &str, action: &Action) -> Result<(), TarballError> {
-        let mut prefix = PathBuf::new();
-        let parts: Vec<&OsStr> = rel.iter().collect();
-        for part in &parts[..parts.len().saturating_sub(1)] {
-            prefix.push(part);
-            match self.seen.get(&prefix) {
+        // Shallowest first, so the symlink named in an error is the one the
+        // path would really go through.
+        let mut parents: Vec<&Path> = rel
+            .ancestors()
+            .skip(1)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        parents.reverse();
+        for prefix in parents {
+            match self.seen.get(prefix) {
                 Some(Kind::Dir) => {}
                 Some(Kind::Symlink) => {
                     return Err(TarballError::ThroughSymlink {
@@ -717,9 +740,7 @@ impl Checker<'_> {
                         entry: name.to_string(),
                     });
                 }
-                None => {
-                    self.seen.insert(prefix.clone(), Kind::Dir);
-                }
+                None => self.insert(prefix, Kind::Dir)?,
             }
         }
         let kind = match action {
@@ -729,15 +750,25 @@ impl Checker<'_> {
             Action::Skip => return Ok(()),
         };
         match self.seen.get(rel) {
-            None => {
-                self.seen.insert(rel.to_path_buf(), kind);
-                Ok(())
-            }
+            None => self.insert(rel, kind),
             Some(Kind::Dir) if kind == Kind::Dir => Ok(()),
             Some(_) => Err(TarballError::Conflict {
                 entry: name.to_string(),
             }),
         }
+    }
+
+    /// Implied directories count against [`Limits::max_entries`] too: they
+    /// cost a `mkdir` and memory here just like listed ones.
+    fn insert(&mut self, path: &Path, kind: Kind) -> Result<(), TarballError> {
+        if self.seen.len() as u64 >= self.limits.max_entries {
+            return Err(TarballError::TooManyEntries {
+                path: self.tarball.to_path_buf(),
+                limit: self.limits.max_entries,
+            });
+        }
+        self.seen.insert(path.to_path_buf(), kind);
+        Ok(())
     }
 
     fn finish(&self) -> Result<Summary, TarballError> {
@@ -1111,5 +1142,797 @@ impl Writer {
                 .map_err(write_error)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::os::unix::fs::MetadataExt;
+    use tar::{EntryType, Header};
+
+    /// A scratch layout like the real one: `<base>/tree/tmp/dbimage-pkg` is
+    /// the destination and everything else under `base` is "outside".
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        base: PathBuf,
+        dest: PathBuf,
+        archives: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base");
+        let dest = base.join("tree/tmp/dbimage-pkg");
+        fs::create_dir_all(&dest).unwrap();
+        let archives = tmp.path().join("archives");
+        fs::create_dir(&archives).unwrap();
+        Fixture {
+            _tmp: tmp,
+            base,
+            dest,
+            archives,
+        }
+    }
+
+    /// Every path under `dir`, never following symlinks.
+    fn snapshot(dir: &Path) -> BTreeSet<PathBuf> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if fs::symlink_metadata(&p).unwrap().is_dir() {
+                    todo.push(p.clone());
+                }
+                out.insert(p);
+            }
+        }
+        out
+    }
+
+    fn header(name: &[u8], etype: EntryType, size: u64, link: Option<&[u8]>, mode: u32) -> Header {
+        let mut h = Header::new_gnu();
+        // Raw bytes rather than set_path: the Builder refuses the hostile
+        // names these tests need.
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        if let Some(link) = link {
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        }
+        h.set_entry_type(etype);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(1234);
+        h.set_gid(1234);
+        h.set_cksum();
+        h
+    }
+
+    enum M<'a> {
+        File(&'a str, &'a [u8], u32),
+        Dir(&'a str, u32),
+        Sym(&'a str, &'a str),
+        Hard(&'a str, &'a str),
+        Raw(Box<Header>, Vec<u8>),
+    }
+
+    fn raw(h: Header, data: Vec<u8>) -> M<'static> {
+        M::Raw(Box::new(h), data)
+    }
+
+    fn setup_sh() -> M<'static> {
+        M::File("setup.sh", b"#!/bin/sh\necho installing\n", 0o755)
+    }
+
+    fn tar_bytes(members: Vec<M<'_>>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for m in members {
+            let (h, data) = match m {
+                M::File(n, d, mode) => (
+                    header(n.as_bytes(), EntryType::Regular, d.len() as u64, None, mode),
+                    d.to_vec(),
+                ),
+                M::Dir(n, mode) => (
+                    header(n.as_bytes(), EntryType::Directory, 0, None, mode),
+                    Vec::new(),
+                ),
+                M::Sym(n, t) => (
+                    header(
+                        n.as_bytes(),
+                        EntryType::Symlink,
+                        0,
+                        Some(t.as_bytes()),
+                        0o777,
+                    ),
+                    Vec::new(),
+                ),
+                M::Hard(n, t) => (
+                    header(n.as_bytes(), EntryType::Link, 0, Some(t.as_bytes()), 0o644),
+                    Vec::new(),
+                ),
+                M::Raw(h, d) => (*h, d),
+            };
+            b.append(&h, &data[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// A pax `x` member carrying one record, describing the next member.
+    fn pax(key: &str, value: &[u8]) -> M<'static> {
+        let body_len = key.len() + value.len() + 3;
+        // The record's length counts its own digits.
+        let mut len = body_len + 1;
+        while len != body_len + len.to_string().len() {
+            len = body_len + len.to_string().len();
+        }
+        let mut rec = format!("{len} {key}=").into_bytes();
+        rec.extend_from_slice(value);
+        rec.push(b'\n');
+        assert_eq!(rec.len(), len);
+        raw(
+            header(
+                b"pax-hdr",
+                EntryType::XHeader,
+                rec.len() as u64,
+                None,
+                0o644,
+            ),
+            rec,
+        )
+    }
+
+    fn long_name(name: &[u8]) -> M<'static> {
+        let mut data = name.to_vec();
+        data.push(0);
+        raw(
+            header(
+                b"././@LongLink",
+                EntryType::GNULongName,
+                data.len() as u64,
+                None,
+                0o644,
+            ),
+            data,
+        )
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn bzip(data: &[u8]) -> Vec<u8> {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn put(fx: &Fixture, name: &str, data: &[u8]) -> PathBuf {
+        let p = fx.archives.join(name);
+        fs::write(&p, data).unwrap();
+        p
+    }
+
+    /// Runs `check` and `unpack` on a hostile archive and asserts both
+    /// refuse it with `expect` in the message, `check` writes nothing at
+    /// all and `unpack` nothing outside the destination.
+    fn refused(fx: &Fixture, archive: &Path, expect: &str) -> (TarballError, TarballError) {
+        let before = snapshot(&fx.base);
+        let checked = check(archive, &Limits::default()).unwrap_err();
+        assert!(
+            checked.to_string().contains(expect),
+            "check: {checked} (wanted {expect:?})"
+        );
+        assert_eq!(snapshot(&fx.base), before, "check wrote something");
+        let unpacked = unpack(archive, &fx.dest, &Limits::default()).unwrap_err();
+        assert!(
+            unpacked.to_string().contains(expect),
+            "unpack: {unpacked} (wanted {expect:?})"
+        );
+        let outside: Vec<_> = snapshot(&fx.base)
+            .into_iter()
+            .filter(|p| !before.contains(p) && !p.starts_with(&fx.dest))
+            .collect();
+        assert!(outside.is_empty(), "unpack wrote outside: {outside:?}");
+        // Whatever unpack left inside goes, as the caller would remove it,
+        // so that the next case starts from an empty destination.
+        fs::remove_dir_all(&fx.dest).unwrap();
+        fs::create_dir(&fx.dest).unwrap();
+        (checked, unpacked)
+    }
+
+    #[test]
+    fn refuses_dotdot() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), M::File("../evil", b"x", 0o644)]),
+        );
+        let (c, u) = refused(
+            &fx,
+            &a,
+            "tarball entry \"../evil\" escapes the package directory; rebuild the tarball with relative paths",
+        );
+        assert!(matches!(c, TarballError::Escapes { .. }));
+        assert!(matches!(u, TarballError::Escapes { .. }));
+        assert!(!fx.base.join("tree/tmp/evil").exists());
+        // Deeper in the name, too.
+        let a = put(
+            &fx,
+            "y.tar",
+            &tar_bytes(vec![M::File("a/../../evil2", b"x", 0o644), setup_sh()]),
+        );
+        refused(&fx, &a, "escapes the package directory");
+    }
+
+    #[test]
+    fn refuses_dotdot_in_pax_path() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                pax("path", b"../pax-evil"),
+                M::File("innocent", b"x", 0o644),
+            ]),
+        );
+        refused(&fx, &a, "tarball entry \"../pax-evil\" escapes");
+        assert!(!fx.base.join("tree/tmp/pax-evil").exists());
+    }
+
+    #[test]
+    fn refuses_absolute_path() {
+        let fx = fixture();
+        let evil = fx.base.join("abs-evil");
+        let name = evil.to_string_lossy().into_owned();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), M::File(&name, b"x", 0o644)]),
+        );
+        let (c, _) = refused(
+            &fx,
+            &a,
+            "is an absolute path; rebuild the tarball with relative paths",
+        );
+        assert!(matches!(c, TarballError::AbsolutePath { .. }));
+        assert!(!evil.exists());
+    }
+
+    #[test]
+    fn refuses_symlink_to_etc_and_write_through_it() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                M::Sym("etc-link", "/etc"),
+                M::File("etc-link/dbimage-tarball-test-evil", b"x", 0o644),
+            ]),
+        );
+        let (c, u) = refused(
+            &fx,
+            &a,
+            "tarball entry \"etc-link\" is a symlink to the absolute path \"/etc\"",
+        );
+        assert!(matches!(c, TarballError::SymlinkAbsolute { .. }));
+        assert!(matches!(u, TarballError::SymlinkAbsolute { .. }));
+        assert!(!Path::new("/etc/dbimage-tarball-test-evil").exists());
+        assert!(fs::symlink_metadata(fx.dest.join("etc-link")).is_err());
+    }
+
+    #[test]
+    fn refuses_escaping_relative_symlink() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), M::Sym("a", "../../..")]),
+        );
+        let (c, _) = refused(&fx, &a, "points outside the package directory");
+        assert!(matches!(c, TarballError::SymlinkEscapes { .. }));
+        assert!(fs::symlink_metadata(fx.dest.join("a")).is_err());
+        // One level too many from a subdirectory.
+        let a = put(
+            &fx,
+            "y.tar",
+            &tar_bytes(vec![setup_sh(), M::Sym("d/e/l", "../../../x")]),
+        );
+        refused(&fx, &a, "points outside the package directory");
+    }
+
+    #[test]
+    fn refuses_dotdot_after_a_name_in_symlink() {
+        // `s -> .` then `t -> s/..` is lexically inside but really the
+        // parent of the package directory.
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), M::Sym("s", "."), M::Sym("t", "s/..")]),
+        );
+        let (c, _) = refused(&fx, &a, "uses \"..\" after a directory name");
+        assert!(matches!(c, TarballError::SymlinkClimbs { .. }));
+    }
+
+    #[test]
+    fn refuses_file_through_inside_symlink() {
+        // Decision: refuse rather than follow, even though `lib -> sub`
+        // stays inside; the archive should name `sub/evil`.
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                M::Dir("sub/", 0o755),
+                M::Sym("lib", "sub"),
+                M::File("lib/evil", b"x", 0o644),
+            ]),
+        );
+        let (c, u) = refused(
+            &fx,
+            &a,
+            "tarball entry \"lib/evil\" goes through the symlink \"lib\" from the same tarball",
+        );
+        assert!(matches!(c, TarballError::ThroughSymlink { .. }));
+        assert!(matches!(u, TarballError::ThroughSymlink { .. }));
+        assert!(!fx.dest.join("sub/evil").exists());
+    }
+
+    #[test]
+    fn writer_never_follows_a_symlink_on_disk() {
+        // The on-disk guard on its own, without the bookkeeping that
+        // normally stops this first.
+        let fx = fixture();
+        let outside = fx.base.join("outside");
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, fx.dest.join("lnk")).unwrap();
+        let mut w = Writer {
+            dest: fx.dest.clone(),
+            dir_modes: BTreeMap::new(),
+            copied: 0,
+        };
+        let planned = Planned {
+            rel: PathBuf::from("lnk/x"),
+            name: "lnk/x".to_string(),
+            action: Action::Dir { mode: 0o755 },
+        };
+        let e = w.make_parents(&planned).unwrap_err();
+        assert!(matches!(e, TarballError::ThroughSymlink { .. }), "{e}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_hardlink_to_host_file() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), M::Hard("h", "/etc/hostname")]),
+        );
+        let (c, _) = refused(
+            &fx,
+            &a,
+            "tarball entry \"h\" is a hardlink to \"/etc/hostname\", outside the package",
+        );
+        assert!(matches!(c, TarballError::HardlinkOutside { .. }));
+        assert!(fs::symlink_metadata(fx.dest.join("h")).is_err());
+    }
+
+    #[test]
+    fn refuses_hardlink_to_dotdot() {
+        let fx = fixture();
+        let x = fx.base.join("tree/tmp/x");
+        fs::write(&x, b"host").unwrap();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), M::Hard("h", "../x")]),
+        );
+        let (c, _) = refused(&fx, &a, "is a hardlink to \"../x\", outside the package");
+        assert!(matches!(c, TarballError::HardlinkOutside { .. }));
+        assert_eq!(fs::metadata(&x).unwrap().nlink(), 1);
+    }
+
+    #[test]
+    fn refuses_hardlink_to_later_or_missing_entry() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![M::Hard("h", "setup.sh"), setup_sh()]),
+        );
+        let (c, _) = refused(&fx, &a, "not a regular file earlier in the tarball");
+        assert!(matches!(c, TarballError::HardlinkUnknown { .. }));
+    }
+
+    #[test]
+    fn refuses_device_and_fifo() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                raw(header(b"null", EntryType::Char, 0, None, 0o666), Vec::new()),
+            ]),
+        );
+        let (c, _) = refused(&fx, &a, "tarball entry \"null\" is a character device");
+        assert!(matches!(c, TarballError::SpecialFile { .. }));
+        let a = put(
+            &fx,
+            "y.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                raw(header(b"sda", EntryType::Block, 0, None, 0o660), Vec::new()),
+            ]),
+        );
+        refused(&fx, &a, "tarball entry \"sda\" is a block device");
+        let a = put(
+            &fx,
+            "z.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                raw(header(b"pipe", EntryType::Fifo, 0, None, 0o644), Vec::new()),
+            ]),
+        );
+        refused(&fx, &a, "tarball entry \"pipe\" is a FIFO");
+        assert!(fs::symlink_metadata(fx.dest.join("null")).is_err());
+        assert!(fs::symlink_metadata(fx.dest.join("pipe")).is_err());
+    }
+
+    #[test]
+    fn refuses_gnu_sparse_and_unknown_types() {
+        let fx = fixture();
+        let mut h = header(b"sparse", EntryType::GNUSparse, 0, None, 0o644);
+        if let Some(gnu) = h.as_gnu_mut() {
+            gnu.set_real_size(0);
+        }
+        h.set_cksum();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), raw(h, Vec::new())]),
+        );
+        let (c, _) = refused(&fx, &a, "is a GNU sparse file");
+        assert!(matches!(c, TarballError::Sparse { .. }));
+        let a = put(
+            &fx,
+            "y.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                raw(
+                    header(b"vol", EntryType::new(b'V'), 0, None, 0o644),
+                    Vec::new(),
+                ),
+            ]),
+        );
+        let (c, _) = refused(&fx, &a, "has unsupported type 'V'");
+        assert!(matches!(c, TarballError::UnsupportedType { .. }));
+        let a = put(
+            &fx,
+            "z.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                pax("GNU.sparse.major", b"1"),
+                M::File("GNUSparseFile.0/data", b"x", 0o644),
+            ]),
+        );
+        let (c, _) = refused(&fx, &a, "\"GNUSparseFile.0/data\" is a GNU sparse file");
+        assert!(matches!(c, TarballError::Sparse { .. }));
+    }
+
+    #[test]
+    fn refuses_missing_or_odd_setup() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tgz",
+            &gzip(&tar_bytes(vec![M::File("install.sh", b"x", 0o755)])),
+        );
+        let (c, _) = refused(&fx, &a, "no setup.sh at the top of ");
+        assert!(matches!(c, TarballError::NoSetup { .. }));
+        assert!(
+            c.to_string()
+                .ends_with("x.tgz; the tarball must carry its install script as ./setup.sh")
+        );
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "y.tar",
+            &tar_bytes(vec![M::File("sub/setup.sh", b"x", 0o755)]),
+        );
+        refused(&fx, &a, "no setup.sh at the top of ");
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "z.tar",
+            &tar_bytes(vec![
+                M::File("real.sh", b"x", 0o755),
+                M::Sym("setup.sh", "real.sh"),
+            ]),
+        );
+        let (c, _) = refused(&fx, &a, "is a symlink, not a regular file");
+        assert!(matches!(c, TarballError::SetupNotFile { .. }));
+    }
+
+    #[test]
+    fn refuses_gzip_garbage_zero_bytes_and_truncation() {
+        let fx = fixture();
+        let mut junk = vec![0x1f, 0x8b];
+        let mut seed: u32 = 0x2545_f491;
+        for _ in 0..4096 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            junk.push((seed >> 16) as u8);
+        }
+        let a = put(&fx, "x.tar.gz", &junk);
+        let (c, _) = refused(&fx, &a, "x.tar.gz is not a valid tar archive: ");
+        assert!(matches!(c, TarballError::NotTar { .. }));
+        for name in ["empty.tar", "empty.tgz", "empty.tar.bz2"] {
+            let a = put(&fx, name, b"");
+            refused(
+                &fx,
+                &a,
+                &format!("{name} is not a valid tar archive: the file is empty"),
+            );
+        }
+        let full = tar_bytes(vec![setup_sh(), M::File("big", &[7u8; 5000], 0o644)]);
+        let a = put(&fx, "cut.tar", &full[..3000]);
+        refused(&fx, &a, "cut.tar is not a valid tar archive: ");
+        let a = put(&fx, "cut.tgz", &gzip(&full)[..100]);
+        refused(&fx, &a, "cut.tgz is not a valid tar archive: ");
+        let a = put(&fx, "text.tar", &[b'x'; 2048]);
+        refused(
+            &fx,
+            &a,
+            "text.tar is not a valid tar archive: no tar header at the start",
+        );
+    }
+
+    #[test]
+    fn refuses_over_limits() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), M::File("big", &[0u8; 1000], 0o644)]),
+        );
+        let small = Limits {
+            max_total_bytes: 100,
+            max_entries: 10,
+        };
+        let before = snapshot(&fx.base);
+        let e = check(&a, &small).unwrap_err();
+        assert!(
+            matches!(e, TarballError::TooLarge { limit: 100, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("holds more than 100 bytes"));
+        assert_eq!(snapshot(&fx.base), before);
+        let e = unpack(&a, &fx.dest, &small).unwrap_err();
+        assert!(matches!(e, TarballError::TooLarge { .. }), "{e}");
+        assert!(!fx.dest.join("big").exists());
+        let few = Limits {
+            max_total_bytes: 1 << 20,
+            max_entries: 1,
+        };
+        let e = check(&a, &few).unwrap_err();
+        assert!(
+            matches!(e, TarballError::TooManyEntries { limit: 1, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_oversized_long_name() {
+        let fx = fixture();
+        let long = vec![b'a'; 2 << 20];
+        let mut h = header(
+            b"././@LongLink",
+            EntryType::GNULongName,
+            long.len() as u64,
+            None,
+            0o644,
+        );
+        h.set_cksum();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![setup_sh(), raw(h, long), M::File("f", b"x", 0o644)]),
+        );
+        let (c, _) = refused(&fx, &a, "oversized long-name or pax header");
+        assert!(matches!(c, TarballError::HeaderTooLarge { .. }));
+        let a = put(
+            &fx,
+            "y.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                long_name(&b"d/".repeat(2500)),
+                M::File("placeholder", b"", 0o644),
+            ]),
+        );
+        let (c, _) = refused(&fx, &a, "has a name or link target over 4096 bytes");
+        assert!(matches!(c, TarballError::NameTooLong { .. }));
+    }
+
+    #[test]
+    fn long_names_work_and_implied_dirs_count() {
+        let fx = fixture();
+        let deep = format!("{}file", "dir/".repeat(40));
+        let tar = tar_bytes(vec![
+            setup_sh(),
+            long_name(deep.as_bytes()),
+            M::File("placeholder", b"deep", 0o644),
+        ]);
+        let a = put(&fx, "x.tar", &tar);
+        assert_eq!(check(&a, &Limits::default()).unwrap().entries, 2);
+        let few = Limits {
+            max_total_bytes: 1 << 20,
+            max_entries: 10,
+        };
+        let e = check(&a, &few).unwrap_err();
+        assert!(matches!(e, TarballError::TooManyEntries { .. }), "{e}");
+        unpack(&a, &fx.dest, &Limits::default()).unwrap();
+        assert_eq!(fs::read(fx.dest.join(&deep)).unwrap(), b"deep");
+    }
+
+    #[test]
+    fn refuses_duplicates_and_bad_dest() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "x.tar",
+            &tar_bytes(vec![
+                setup_sh(),
+                M::File("f", b"1", 0o644),
+                M::File("f", b"2", 0o644),
+            ]),
+        );
+        let (c, _) = refused(&fx, &a, "tarball entry \"f\" clashes with an earlier entry");
+        assert!(matches!(c, TarballError::Conflict { .. }));
+        let fx = fixture();
+        let a = put(&fx, "ok.tar", &tar_bytes(vec![setup_sh()]));
+        fs::write(fx.dest.join("leftover"), b"").unwrap();
+        let e = unpack(&a, &fx.dest, &Limits::default()).unwrap_err();
+        assert!(matches!(e, TarballError::BadDest { .. }), "{e}");
+        assert!(!fx.dest.join("setup.sh").exists());
+    }
+
+    #[test]
+    fn detect_names_and_magic() {
+        let fx = fixture();
+        let a = put(&fx, "pkg.zip", b"PK\x03\x04rest");
+        let e = detect(&a).unwrap_err();
+        assert!(matches!(e, TarballError::UnknownCompression { .. }));
+        assert!(
+            e.to_string().ends_with(
+                "pkg.zip: unknown tarball type; name it with one of: .tar, .tgz, .tar.gz, .tar.bz2, .tbz2"
+            ),
+            "{e}"
+        );
+        refused(&fx, &a, "unknown tarball type");
+        let tar = tar_bytes(vec![setup_sh()]);
+        let a = put(&fx, "pkg.tar.gz", &bzip(&tar));
+        let e = detect(&a).unwrap_err();
+        assert!(matches!(e, TarballError::CompressionMismatch { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("pkg.tar.gz is named as a gzip tarball but holds bzip2 data"),
+            "{e}"
+        );
+        refused(&fx, &a, "is named as a gzip tarball but holds bzip2 data");
+        let a = put(&fx, "pkg.tar", &gzip(&tar));
+        assert!(matches!(
+            detect(&a),
+            Err(TarballError::CompressionMismatch { .. })
+        ));
+        assert_eq!(detect(&put(&fx, "a.tar", &tar)).unwrap(), Compression::None);
+        assert_eq!(
+            detect(&put(&fx, "a.TGZ", &gzip(&tar))).unwrap(),
+            Compression::Gzip
+        );
+        assert_eq!(
+            detect(&put(&fx, "a.tbz2", &bzip(&tar))).unwrap(),
+            Compression::Bzip2
+        );
+        // A v7 header has no ustar magic but a valid checksum.
+        let mut v7 = tar.clone();
+        v7[257..265].fill(0);
+        let mut h = Header::new_old();
+        h.as_mut_bytes().copy_from_slice(&v7[..512]);
+        h.set_cksum();
+        v7[..512].copy_from_slice(h.as_bytes());
+        assert_eq!(detect(&put(&fx, "v7.tar", &v7)).unwrap(), Compression::None);
+    }
+
+    #[test]
+    fn unpacks_tgz_with_modes_links_and_nested_dirs() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "pkg.tgz",
+            &gzip(&tar_bytes(vec![
+                M::Dir("./", 0o755),
+                M::File("./setup.sh", b"#!/bin/sh\n", 0o755),
+                M::Dir("./opt/", 0o750),
+                M::Dir("./opt/db/bin/", 0o755),
+                M::File("./opt/db/bin/dbd", b"ELF", 0o4755),
+                M::File("./opt/db/lib/libdb.so.1", b"lib", 0o2644),
+                M::Sym("./opt/db/lib/libdb.so", "libdb.so.1"),
+                M::Sym("./opt/db/bin/lib", "../lib"),
+                M::Hard("./opt/db/bin/dbd-again", "opt/db/bin/dbd"),
+                M::Dir("./ro/", 0o555),
+                M::File("./ro/inside", b"ro", 0o444),
+            ])),
+        );
+        let before = snapshot(&fx.base);
+        let checked = check(&a, &Limits::default()).unwrap();
+        assert_eq!(snapshot(&fx.base), before);
+        let got = unpack(&a, &fx.dest, &Limits::default()).unwrap();
+        assert_eq!(got, checked);
+        assert_eq!(
+            got,
+            Summary {
+                entries: 10,
+                bytes: 18
+            }
+        );
+        let mode = |p: &str| fs::symlink_metadata(fx.dest.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("setup.sh"), 0o755);
+        assert_eq!(mode("opt"), 0o750);
+        assert_eq!(mode("opt/db"), 0o755, "implied directory");
+        assert_eq!(mode("opt/db/bin/dbd"), 0o755, "setuid dropped");
+        assert_eq!(mode("opt/db/lib/libdb.so.1"), 0o644, "setgid dropped");
+        assert_eq!(mode("ro"), 0o555);
+        assert_eq!(fs::read(fx.dest.join("ro/inside")).unwrap(), b"ro");
+        assert_eq!(
+            fs::read_link(fx.dest.join("opt/db/lib/libdb.so")).unwrap(),
+            Path::new("libdb.so.1")
+        );
+        assert_eq!(
+            fs::read(fx.dest.join("opt/db/bin/lib/libdb.so")).unwrap(),
+            b"lib"
+        );
+        let dbd = fs::metadata(fx.dest.join("opt/db/bin/dbd")).unwrap();
+        assert_eq!(dbd.nlink(), 2);
+        assert_eq!(
+            dbd.uid(),
+            fs::metadata(&fx.dest).unwrap().uid(),
+            "owner not from archive"
+        );
+        assert_eq!(
+            snapshot(&fx.base)
+                .into_iter()
+                .filter(|p| !before.contains(p) && !p.starts_with(&fx.dest))
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn unpacks_bzip2() {
+        let fx = fixture();
+        let a = put(
+            &fx,
+            "pkg.tar.bz2",
+            &bzip(&tar_bytes(vec![
+                setup_sh(),
+                M::File("data/x.txt", b"hello", 0o644),
+            ])),
+        );
+        let got = unpack(&a, &fx.dest, &Limits::default()).unwrap();
+        assert_eq!(got.entries, 2);
+        assert_eq!(fs::read(fx.dest.join("data/x.txt")).unwrap(), b"hello");
+        assert!(
+            fs::read(fx.dest.join("setup.sh"))
+                .unwrap()
+                .starts_with(b"#!/bin/sh")
+        );
     }
 }

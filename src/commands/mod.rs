@@ -2,6 +2,7 @@
 
 pub mod cleanup;
 pub mod datastores;
+pub mod inspect;
 pub mod make;
 pub mod test;
 

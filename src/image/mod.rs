@@ -115,9 +115,16 @@ impl RawImage {
         let meta = match std::fs::metadata(image) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ImageError::NotFound { path: image.to_path_buf() });
+                return Err(ImageError::NotFound {
+                    path: image.to_path_buf(),
+                });
             }
-            Err(source) => return Err(ImageError::Io { path: image.to_path_buf(), source }),
+            Err(source) => {
+                return Err(ImageError::Io {
+                    path: image.to_path_buf(),
+                    source,
+                });
+            }
         };
         let not_image = |why: &str| ImageError::NotADiskImage {
             path: image.to_path_buf(),
@@ -148,8 +155,8 @@ impl RawImage {
                 }
                 other => ImageError::Run(other),
             })?;
-        let (format, virtual_size) = parse_info(&info)
-            .ok_or_else(|| not_image("qemu-img info gave no format and size"))?;
+        let (format, virtual_size) =
+            parse_info(&info).ok_or_else(|| not_image("qemu-img info gave no format and size"))?;
 
         if format == "raw" {
             return Ok(RawImage {
@@ -166,7 +173,10 @@ impl RawImage {
         let scratch = tempfile::Builder::new()
             .prefix("dbimage-inspect-")
             .tempdir()
-            .map_err(|source| ImageError::Io { path: std::env::temp_dir(), source })?;
+            .map_err(|source| ImageError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
         let raw = scratch.path().join("disk.raw");
         // -f: the format is known now; letting qemu-img probe again could
         // read the file differently from what `info` reported.
@@ -183,7 +193,12 @@ impl RawImage {
                 },
                 other => ImageError::Run(other),
             })?;
-        Ok(RawImage { raw, format, virtual_size, _scratch: Some(scratch) })
+        Ok(RawImage {
+            raw,
+            format,
+            virtual_size,
+            _scratch: Some(scratch),
+        })
     }
 
     /// The raw bytes: the input itself, or the converted copy.
@@ -194,12 +209,17 @@ impl RawImage {
 
 fn has_qcow2_magic(image: &Path) -> Result<bool, ImageError> {
     let mut head = [0u8; 4];
-    let mut f = File::open(image)
-        .map_err(|source| ImageError::Io { path: image.to_path_buf(), source })?;
+    let mut f = File::open(image).map_err(|source| ImageError::Io {
+        path: image.to_path_buf(),
+        source,
+    })?;
     match f.read_exact(&mut head) {
         Ok(()) => Ok(&head == QCOW2_MAGIC),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(source) => Err(ImageError::Io { path: image.to_path_buf(), source }),
+        Err(source) => Err(ImageError::Io {
+            path: image.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -236,9 +256,17 @@ fn qcow2_damage(image: &Path, why: String) -> ImageError {
         .iter()
         .any(|w| lower.contains(w));
     if truncated {
-        ImageError::Truncated { path: image.to_path_buf(), format: "qcow2".into(), why }
+        ImageError::Truncated {
+            path: image.to_path_buf(),
+            format: "qcow2".into(),
+            why,
+        }
     } else {
-        ImageError::Corrupt { path: image.to_path_buf(), format: "qcow2".into(), why }
+        ImageError::Corrupt {
+            path: image.to_path_buf(),
+            format: "qcow2".into(),
+            why,
+        }
     }
 }
 
@@ -278,7 +306,10 @@ mod tests {
             "ERROR: counting reference for region exceeding the end of the file"
         );
         let tail = vec!["qemu-img: Could not open 'h.qcow2': qcow2 header too short".to_string()];
-        assert_eq!(qemu_complaint(&tail), "Could not open 'h.qcow2': qcow2 header too short");
+        assert_eq!(
+            qemu_complaint(&tail),
+            "Could not open 'h.qcow2': qcow2 header too short"
+        );
         assert!(matches!(
             qcow2_damage(Path::new("x"), qemu_complaint(&tail)),
             ImageError::Truncated { .. }

@@ -30,6 +30,8 @@ const MAX_LOGICAL: usize = 128;
 const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 /// The only GPT entry size the `gpt` crate reads (it asserts on others).
 const GPT_ENTRY_SIZE: u32 = 128;
+/// 128 is standard; tools allow more, but not this many (8 MiB of entries).
+const GPT_MAX_ENTRIES: u32 = 65536;
 const EXT_SUPERBLOCK: u64 = 1024;
 const EXT_MAGIC: [u8; 2] = [0x53, 0xEF];
 
@@ -127,7 +129,10 @@ pub struct Layout {
 /// Reads the partition table of the raw disk image open in `file`;
 /// `path` is only for messages.
 pub fn read_layout(file: &File, path: &Path) -> Result<Layout, ImageError> {
-    let io_err = |source| ImageError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let disk_size = file.metadata().map_err(io_err)?.len();
     let sector0 = read_probe(file, 0, 512).map_err(io_err)?;
 
@@ -139,13 +144,18 @@ pub fn read_layout(file: &File, path: &Path) -> Result<Layout, ImageError> {
         .map_err(io_err)?
         .iter()
         .any(|s| s.as_deref() == Some(GPT_SIGNATURE.as_slice()));
-    let protective = mbr.as_ref().is_some_and(|e| e.iter().any(|e| e.kind == MBR_PROTECTIVE));
+    let protective = mbr
+        .as_ref()
+        .is_some_and(|e| e.iter().any(|e| e.kind == MBR_PROTECTIVE));
 
     let (table, mut partitions) = if protective || gpt_signed {
         (TableKind::Gpt, read_gpt(file, path, disk_size)?)
     } else if let Some(entries) = mbr.filter(|e| e.iter().any(|e| e.is_used())) {
         (TableKind::Mbr, read_mbr(file, &entries).map_err(io_err)?)
-    } else if probe_filesystem(file, 0).map_err(io_err)?.is_some_and(Filesystem::is_ext) {
+    } else if probe_filesystem(file, 0)
+        .map_err(io_err)?
+        .is_some_and(Filesystem::is_ext)
+    {
         let whole = Partition {
             number: 0,
             type_name: "whole disk".into(),
@@ -165,13 +175,21 @@ pub fn read_layout(file: &File, path: &Path) -> Result<Layout, ImageError> {
     for p in &mut partitions {
         p.filesystem = probe_filesystem(file, p.start).map_err(io_err)?;
     }
-    Ok(Layout { table, disk_size, partitions })
+    Ok(Layout {
+        table,
+        disk_size,
+        partitions,
+    })
 }
 
 /// Opens the ext2/3/4 filesystem in `part` of the disk open in `file`.
 pub fn open_ext4(file: &File, part: &Partition) -> Result<Ext4, Ext4Error> {
     let file = file.try_clone().map_err(|e| Ext4Error::Io(Box::new(e)))?;
-    Ext4::load(Box::new(PartReader { file, offset: part.start, size: part.size }))
+    Ext4::load(Box::new(PartReader {
+        file,
+        offset: part.start,
+        size: part.size,
+    }))
 }
 
 /// An [`Ext4Read`] confined to one partition of a raw disk image, so a
@@ -249,13 +267,21 @@ fn mbr_entries(sector: &[u8]) -> Option<[MbrEntry; 4]> {
     if sector.len() < 512 || sector[510..512] != MBR_SIGNATURE {
         return None;
     }
-    let mut out = [MbrEntry { kind: 0, first_lba: 0, sectors: 0 }; 4];
+    let mut out = [MbrEntry {
+        kind: 0,
+        first_lba: 0,
+        sectors: 0,
+    }; 4];
     for (i, e) in out.iter_mut().enumerate() {
         let b = &sector[MBR_TABLE + 16 * i..MBR_TABLE + 16 * (i + 1)];
         if b[0] != 0 && b[0] != 0x80 {
             return None;
         }
-        *e = MbrEntry { kind: b[4], first_lba: le32(b, 8), sectors: le32(b, 12) };
+        *e = MbrEntry {
+            kind: b[4],
+            first_lba: le32(b, 8),
+            sectors: le32(b, 12),
+        };
     }
     Some(out)
 }
@@ -267,7 +293,12 @@ fn read_mbr(file: &File, entries: &[MbrEntry; 4]) -> io::Result<Vec<Partition>> 
         if !e.is_used() {
             continue;
         }
-        parts.push(mbr_partition(i as u32 + 1, e.kind, u64::from(e.first_lba), e.sectors));
+        parts.push(mbr_partition(
+            i as u32 + 1,
+            e.kind,
+            u64::from(e.first_lba),
+            e.sectors,
+        ));
         if MBR_EXTENDED.contains(&e.kind) && logical.is_empty() {
             logical = read_logical(file, u64::from(e.first_lba))?;
         }
@@ -282,12 +313,21 @@ fn read_logical(file: &File, base: u64) -> io::Result<Vec<Partition>> {
     let mut seen = HashSet::new();
     let mut ebr = base;
     while parts.len() < MAX_LOGICAL && seen.insert(ebr) {
-        let Some(sector) = read_probe(file, ebr * 512, 512)? else { break };
-        let Some(entries) = mbr_entries(&sector) else { break };
+        let Some(sector) = read_probe(file, ebr * 512, 512)? else {
+            break;
+        };
+        let Some(entries) = mbr_entries(&sector) else {
+            break;
+        };
         let [this, next, ..] = entries;
         if this.is_used() {
             let number = 5 + parts.len() as u32;
-            parts.push(mbr_partition(number, this.kind, ebr + u64::from(this.first_lba), this.sectors));
+            parts.push(mbr_partition(
+                number,
+                this.kind,
+                ebr + u64::from(this.first_lba),
+                this.sectors,
+            ));
         }
         if !MBR_EXTENDED.contains(&next.kind) || next.first_lba == 0 {
             break;
@@ -331,7 +371,10 @@ fn mbr_type_name(kind: u8) -> &'static str {
 }
 
 fn read_gpt(file: &File, path: &Path, disk_size: u64) -> Result<Vec<Partition>, ImageError> {
-    let io_err = |source| ImageError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let bad = |why: String| ImageError::NotADiskImage {
         path: path.to_path_buf(),
         why: format!("its GPT cannot be read: {why}"),
@@ -339,8 +382,8 @@ fn read_gpt(file: &File, path: &Path, disk_size: u64) -> Result<Vec<Partition>, 
     let mut last_err = String::from("no GPT header");
     for lb in [LogicalBlockSize::Lb512, LogicalBlockSize::Lb4096] {
         let lb_bytes = u64::from(lb);
-        if let Some(size) = odd_gpt_entry_size(file, lb_bytes, disk_size).map_err(io_err)? {
-            return Err(bad(format!("{size}-byte partition entries are not supported")));
+        if let Some(why) = unsupported_gpt_header(file, lb_bytes, disk_size).map_err(io_err)? {
+            return Err(bad(why));
         }
         let device = file.try_clone().map_err(io_err)?;
         let disk = match gpt::GptConfig::new()
@@ -379,15 +422,29 @@ fn read_gpt(file: &File, path: &Path, disk_size: u64) -> Result<Vec<Partition>, 
     Err(bad(last_err))
 }
 
-/// The entry size of a GPT header (primary or backup) that is not 128, if
-/// any: the `gpt` crate panics on those, so they are refused first.
-fn odd_gpt_entry_size(file: &File, lb: u64, disk_size: u64) -> io::Result<Option<u32>> {
+/// Why a GPT header (primary or backup) is one we refuse before the `gpt`
+/// crate sees it: it asserts that entries are 128 bytes (a panic on any
+/// other size), and reads every one of up to 2^32 entries (hours on a
+/// forged count).
+fn unsupported_gpt_header(file: &File, lb: u64, disk_size: u64) -> io::Result<Option<String>> {
     let backup = disk_size.checked_sub(lb);
     for at in [Some(lb), backup].into_iter().flatten() {
-        if let Some(h) = read_probe(file, at, 92)? {
-            if h.starts_with(GPT_SIGNATURE) && le32(&h, 84) != GPT_ENTRY_SIZE {
-                return Ok(Some(le32(&h, 84)));
-            }
+        let Some(h) = read_probe(file, at, 92)? else {
+            continue;
+        };
+        if !h.starts_with(GPT_SIGNATURE) {
+            continue;
+        }
+        let (count, size) = (le32(&h, 80), le32(&h, 84));
+        if size != GPT_ENTRY_SIZE {
+            return Ok(Some(format!(
+                "{size}-byte partition entries are not supported"
+            )));
+        }
+        if count > GPT_MAX_ENTRIES {
+            return Ok(Some(format!(
+                "{count} partition entries is implausibly many"
+            )));
         }
     }
     Ok(None)
@@ -416,31 +473,31 @@ fn gpt_type_name(guid: &str) -> &'static str {
 
 /// Recognises the filesystem starting at byte `start`, if any.
 fn probe_filesystem(file: &File, start: u64) -> io::Result<Option<Filesystem>> {
-    if let Some(sb) = read_probe(file, start + EXT_SUPERBLOCK, 1024)? {
-        if sb[0x38..0x3A] == EXT_MAGIC {
-            let compat = le32(&sb, 0x5C);
-            let incompat = le32(&sb, 0x60);
-            let ro_compat = le32(&sb, 0x64);
-            // extents | 64bit | flex_bg, and huge_file | gdt_csum |
-            // dir_nlink | extra_isize | metadata_csum: what makes it ext4.
-            let ext4 = incompat & (0x40 | 0x80 | 0x200) != 0
-                || ro_compat & (0x8 | 0x10 | 0x20 | 0x40 | 0x400) != 0;
-            let fs = if ext4 {
-                Filesystem::Ext4
-            } else if compat & 0x4 != 0 {
-                Filesystem::Ext3
-            } else {
-                Filesystem::Ext2
-            };
-            return Ok(Some(fs));
-        }
+    if let Some(sb) = read_probe(file, start + EXT_SUPERBLOCK, 1024)?
+        && sb[0x38..0x3A] == EXT_MAGIC
+    {
+        let compat = le32(&sb, 0x5C);
+        let incompat = le32(&sb, 0x60);
+        let ro_compat = le32(&sb, 0x64);
+        // extents | 64bit | flex_bg, and huge_file | gdt_csum |
+        // dir_nlink | extra_isize | metadata_csum: what makes it ext4.
+        let ext4 = incompat & (0x40 | 0x80 | 0x200) != 0
+            || ro_compat & (0x8 | 0x10 | 0x20 | 0x40 | 0x400) != 0;
+        let fs = if ext4 {
+            Filesystem::Ext4
+        } else if compat & 0x4 != 0 {
+            Filesystem::Ext3
+        } else {
+            Filesystem::Ext2
+        };
+        return Ok(Some(fs));
     }
     // The swap signature ends the first page; ppc64le uses 64 KiB pages.
     for page in [4096u64, 65536] {
-        if let Some(sig) = read_probe(file, start + page - 10, 10)? {
-            if sig == b"SWAPSPACE2" || sig == b"SWAP-SPACE" {
-                return Ok(Some(Filesystem::Swap));
-            }
+        if let Some(sig) = read_probe(file, start + page - 10, 10)?
+            && (sig == b"SWAPSPACE2" || sig == b"SWAP-SPACE")
+        {
+            return Ok(Some(Filesystem::Swap));
         }
     }
     if let Some(boot) = read_probe(file, start, 512)? {
@@ -478,7 +535,9 @@ pub(crate) mod fixtures {
     /// Debian's name for the host architecture, so the fixture's dpkg
     /// data agrees with the host's /bin/sh copied into it.
     pub fn host_dpkg_arch() -> &'static str {
-        crate::arch::Arch::host().map(|a| a.debian()).unwrap_or("amd64")
+        crate::arch::Arch::host()
+            .map(|a| a.debian())
+            .unwrap_or("amd64")
     }
 
     fn write(path: &Path, content: &str) {
@@ -545,9 +604,15 @@ pub(crate) mod fixtures {
         chmod(&keys, 0o600);
         chmod(&root.join("home/debian/.ssh"), 0o700);
         let root_keys = root.join("root/.ssh/authorized_keys");
-        write(&root_keys, "ecdsa-sha2-nistp256 AAAAE2VjZHNhKEYMATERIALSECRET\n");
+        write(
+            &root_keys,
+            "ecdsa-sha2-nistp256 AAAAE2VjZHNhKEYMATERIALSECRET\n",
+        );
         chmod(&root_keys, 0o644);
-        write(&root.join(format!("boot/vmlinuz-{KERNEL}")), "not really a kernel");
+        write(
+            &root.join(format!("boot/vmlinuz-{KERNEL}")),
+            "not really a kernel",
+        );
         write(&root.join(format!("boot/config-{KERNEL}")), "CONFIG_X=y\n");
         if let Some(m) = manifest {
             write(&root.join("etc/dbimage/manifest.json"), m);
@@ -569,7 +634,10 @@ pub(crate) mod fixtures {
     /// `tree` if given; the fixture's authorized_keys get real owners.
     pub fn ext4(dir: &Path, name: &str, tree: Option<&Path>, size_mib: u64) -> PathBuf {
         let img = dir.join(name);
-        fs::File::create(&img).unwrap().set_len(size_mib * MIB).unwrap();
+        fs::File::create(&img)
+            .unwrap()
+            .set_len(size_mib * MIB)
+            .unwrap();
         let mut mkfs = Command::new("mkfs.ext4");
         mkfs.args(["-q", "-F"]);
         if let Some(t) = tree {
@@ -603,7 +671,10 @@ pub(crate) mod fixtures {
         fills: &[(u64, &Path)],
     ) -> PathBuf {
         let img = dir.join(name);
-        fs::File::create(&img).unwrap().set_len(size_mib * MIB).unwrap();
+        fs::File::create(&img)
+            .unwrap()
+            .set_len(size_mib * MIB)
+            .unwrap();
         if let Some(script) = script {
             let mut child = Command::new("sfdisk")
                 .arg("-q")
@@ -613,13 +684,23 @@ pub(crate) mod fixtures {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "sfdisk: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "sfdisk: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let disk = fs::OpenOptions::new().write(true).open(&img).unwrap();
         for (offset, file) in fills {
-            disk.write_all_at(&fs::read(file).unwrap(), *offset).unwrap();
+            disk.write_all_at(&fs::read(file).unwrap(), *offset)
+                .unwrap();
         }
         img
     }
@@ -653,6 +734,8 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::fixtures::*;
     use super::*;
 
@@ -676,8 +759,14 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].number, p[0].type_name.as_str()), (1, "BIOS boot"));
         assert_eq!((p[0].start, p[0].size, p[0].filesystem), (MIB, MIB, None));
-        assert_eq!((p[1].number, p[1].type_name.as_str()), (2, "Linux filesystem"));
-        assert_eq!(p[1].type_id.as_deref(), Some("0FC63DAF-8483-4772-8E79-3D69D8477DE4"));
+        assert_eq!(
+            (p[1].number, p[1].type_name.as_str()),
+            (2, "Linux filesystem")
+        );
+        assert_eq!(
+            p[1].type_id.as_deref(),
+            Some("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+        );
         assert_eq!((p[1].start, p[1].size), (2 * MIB, 24 * MIB));
         assert_eq!(p[1].filesystem, Some(Filesystem::Ext4));
         assert!(has_os_release(&img, &p[1]));
@@ -721,8 +810,14 @@ mod tests {
         assert_eq!(l.table, TableKind::Mbr);
         let p = &l.partitions;
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].type_name.as_str(), p[0].type_id.as_deref()), ("PPC PReP boot", Some("0x41")));
-        assert_eq!((p[1].type_name.as_str(), p[1].start, p[1].size), ("Linux", 9 * MIB, 24 * MIB));
+        assert_eq!(
+            (p[0].type_name.as_str(), p[0].type_id.as_deref()),
+            ("PPC PReP boot", Some("0x41"))
+        );
+        assert_eq!(
+            (p[1].type_name.as_str(), p[1].start, p[1].size),
+            ("Linux", 9 * MIB, 24 * MIB)
+        );
         assert_eq!(p[1].filesystem, Some(Filesystem::Ext4));
         assert!(has_os_release(&img, &p[1]));
     }
@@ -741,10 +836,19 @@ mod tests {
             &[],
         );
         let l = layout(&img).unwrap();
-        let got: Vec<_> = l.partitions.iter().map(|p| (p.number, p.type_name.as_str(), p.start)).collect();
+        let got: Vec<_> = l
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.type_name.as_str(), p.start))
+            .collect();
         assert_eq!(
             got,
-            [(1, "Linux", MIB), (2, "Extended", 3 * MIB), (5, "Linux swap", 4 * MIB), (6, "Linux", 7 * MIB)]
+            [
+                (1, "Linux", MIB),
+                (2, "Extended", 3 * MIB),
+                (5, "Linux swap", 4 * MIB),
+                (6, "Linux", 7 * MIB)
+            ]
         );
     }
 
@@ -757,7 +861,10 @@ mod tests {
         assert_eq!(l.table, TableKind::None);
         assert_eq!(l.partitions.len(), 1);
         let p = &l.partitions[0];
-        assert_eq!((p.number, p.start, p.size, p.type_id.clone()), (0, 0, 24 * MIB, None));
+        assert_eq!(
+            (p.number, p.start, p.size, p.type_id.clone()),
+            (0, 0, 24 * MIB, None)
+        );
         assert_eq!(p.filesystem, Some(Filesystem::Ext4));
         assert!(has_os_release(&img, p));
     }
@@ -765,7 +872,13 @@ mod tests {
     #[test]
     fn swap_is_recognised() {
         let dir = tempfile::tempdir().unwrap();
-        let img = disk(dir.path(), "swap.raw", 8, Some("label: gpt\nstart=2048,type=S\n"), &[]);
+        let img = disk(
+            dir.path(),
+            "swap.raw",
+            8,
+            Some("label: gpt\nstart=2048,type=S\n"),
+            &[],
+        );
         let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
         f.write_all_at(b"SWAPSPACE2", MIB + 4096 - 10).unwrap();
         let l = layout(&img).unwrap();
@@ -777,7 +890,9 @@ mod tests {
     fn random_bytes_and_blank_disks_are_not_images() {
         let dir = tempfile::tempdir().unwrap();
         let random = dir.path().join("random");
-        let bytes: Vec<u8> = (0..MIB).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let bytes: Vec<u8> = (0..MIB)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         fs::write(&random, bytes).unwrap();
         let blank = disk(dir.path(), "blank", 4, None, &[]);
         for img in [random, blank] {
@@ -791,23 +906,44 @@ mod tests {
     fn reader_stays_inside_its_partition() {
         let dir = tempfile::tempdir().unwrap();
         let img = disk(dir.path(), "d", 2, None, &[]);
-        let mut r = PartReader { file: File::open(&img).unwrap(), offset: MIB, size: 4096 };
+        let mut r = PartReader {
+            file: File::open(&img).unwrap(),
+            offset: MIB,
+            size: 4096,
+        };
         let mut buf = [0u8; 512];
         assert!(r.read(3584, &mut buf).is_ok());
         let err = r.read(3585, &mut buf).unwrap_err();
         assert!(err.to_string().contains("past the end"), "{err}");
-        let mut r = PartReader { file: File::open(&img).unwrap(), offset: 2 * MIB - 256, size: 4096 };
+        let mut r = PartReader {
+            file: File::open(&img).unwrap(),
+            offset: 2 * MIB - 256,
+            size: 4096,
+        };
         let err = r.read(0, &mut buf).unwrap_err();
         assert!(err.to_string().contains("disk ends"), "{err}");
     }
 
     #[test]
-    fn odd_gpt_entry_sizes_are_refused_not_panicked_on() {
+    fn forged_gpt_headers_are_refused_not_panicked_on() {
         let dir = tempfile::tempdir().unwrap();
-        let img = disk(dir.path(), "odd.raw", 4, Some("label: gpt\nstart=2048,type=L\n"), &[]);
+        let img = disk(
+            dir.path(),
+            "odd.raw",
+            4,
+            Some("label: gpt\nstart=2048,type=L\n"),
+            &[],
+        );
         let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
         f.write_all_at(&256u32.to_le_bytes(), 512 + 84).unwrap();
         let err = layout(&img).unwrap_err();
-        assert!(err.to_string().contains("256-byte partition entries"), "{err}");
+        assert!(
+            err.to_string().contains("256-byte partition entries"),
+            "{err}"
+        );
+        f.write_all_at(&128u32.to_le_bytes(), 512 + 84).unwrap();
+        f.write_all_at(&u32::MAX.to_le_bytes(), 512 + 80).unwrap();
+        let err = layout(&img).unwrap_err();
+        assert!(err.to_string().contains("implausibly many"), "{err}");
     }
 }

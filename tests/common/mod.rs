@@ -32,7 +32,9 @@ impl Scratch {
     pub fn new() -> Scratch {
         let base = Path::new("/var/tmp/dbimage-tests");
         std::fs::create_dir_all(base).unwrap();
-        Scratch { dir: tempfile::tempdir_in(base).unwrap() }
+        Scratch {
+            dir: tempfile::tempdir_in(base).unwrap(),
+        }
     }
     pub fn work(&self) -> PathBuf {
         self.dir.path().join("work")
@@ -43,7 +45,8 @@ impl Scratch {
     /// `dbimage` with this scratch's work and output directories.
     pub fn cmd(&self) -> Command {
         let mut c = dbimage();
-        c.env("DBIMAGE_WORK_DIR", self.work()).env("DBIMAGE_IMAGES_DIR", self.out());
+        c.env("DBIMAGE_WORK_DIR", self.work())
+            .env("DBIMAGE_IMAGES_DIR", self.out());
         c
     }
     /// Files left in the output directory.
@@ -61,21 +64,34 @@ impl Scratch {
         let loops = String::from_utf8_lossy(&loops.stdout).to_string();
         let ours: Vec<&str> = loops.lines().filter(|l| l.contains(&root)).collect();
         assert!(ours.is_empty(), "loop devices left behind: {ours:#?}");
-        assert!(list(&self.work()).is_empty(), "work dir not empty: {:?}", list(&self.work()));
+        assert!(
+            list(&self.work()).is_empty(),
+            "work dir not empty: {:?}",
+            list(&self.work())
+        );
     }
 }
 
 /// Names in a directory (empty if it does not exist).
 pub fn list(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Runs a command, echoing its output into the test log.
 pub fn run(mut c: Command) -> Output {
     let out = c.output().expect("spawn dbimage");
-    eprintln!("--- {:?}\n{}{}", c, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "--- {:?}\n{}{}",
+        c,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -88,7 +104,11 @@ pub fn require_root() {
 }
 
 fn nix_is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
 }
 
 /// Runs a debugfs request against the root filesystem (GPT partition 2) of
@@ -97,12 +117,24 @@ fn nix_is_root() -> bool {
 pub fn debugfs_in_image(image: &Path, request: &str) -> (String, String) {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let raw = tmp.path().join("disk.raw");
-    let ok = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(&raw).status().unwrap();
+    let ok = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .status()
+        .unwrap();
     assert!(ok.success());
-    let dump = Command::new("sfdisk").arg("--json").arg(&raw).output().unwrap();
+    let dump = Command::new("sfdisk")
+        .arg("--json")
+        .arg(&raw)
+        .output()
+        .unwrap();
     let table: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
     let part = &table["partitiontable"]["partitions"][1];
-    let (start, size) = (part["start"].as_u64().unwrap(), part["size"].as_u64().unwrap());
+    let (start, size) = (
+        part["start"].as_u64().unwrap(),
+        part["size"].as_u64().unwrap(),
+    );
     let fs = tmp.path().join("root.ext4");
     let ok = Command::new("dd")
         .arg(format!("if={}", raw.display()))
@@ -113,8 +145,16 @@ pub fn debugfs_in_image(image: &Path, request: &str) -> (String, String) {
         .status()
         .unwrap();
     assert!(ok.success());
-    let out = Command::new("debugfs").arg("-R").arg(request).arg(&fs).output().unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(&fs)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Names in a directory of the image's root filesystem.
@@ -130,7 +170,11 @@ pub fn list_image_dir(image: &Path, dir: &str) -> Vec<String> {
 /// Builds an image with `dbimage make ARGS -I` (one build at a time),
 /// checks the host is clean and exactly the image and its manifest were
 /// written, and returns the image's path and manifest.
-pub fn make_image(scratch: &Scratch, args: &[&str], env: &[(&str, &Path)]) -> (PathBuf, serde_json::Value) {
+pub fn make_image(
+    scratch: &Scratch,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> (PathBuf, serde_json::Value) {
     let _lock = build_lock();
     let mut c = scratch.cmd();
     c.arg("make").args(args).arg("-I");
@@ -147,8 +191,19 @@ pub fn make_image(scratch: &Scratch, args: &[&str], env: &[(&str, &Path)]) -> (P
     let manifest_path = image.with_extension("json");
     let mut files = scratch.outputs();
     files.sort();
-    assert_eq!(files, vec![manifest_path.file_name().unwrap().to_string_lossy().to_string(), name]);
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(
+        files,
+        vec![
+            manifest_path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string(),
+            name
+        ]
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     (image, manifest)
 }
 

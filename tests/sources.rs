@@ -1,0 +1,302 @@
+//! Every install source: the user's .deb, a tarball with setup.sh, and a
+//! vendor's signed apt repository (served here on 127.0.0.1), plus the
+//! refusals of bad `-p` input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use common::*;
+
+/// Real Debian packages, fetched with `apt-get download` into `dir`.
+fn download(dir: &Path, packages: &[&str]) -> Vec<PathBuf> {
+    let fetch = || Command::new("apt-get").arg("download").args(packages).current_dir(dir).status().unwrap();
+    if !fetch().success() {
+        // A fresh machine may have no package lists yet.
+        assert!(Command::new("apt-get").args(["update", "-qq"]).status().unwrap().success());
+        assert!(fetch().success(), "apt-get download {packages:?}");
+    }
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    debs.sort();
+    debs
+}
+
+fn sh(script: &str, dir: &Path) {
+    let ok = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap();
+    assert!(ok.success(), "{script}");
+}
+
+#[test]
+fn redis_from_the_users_deb_boots_and_answers() {
+    require_root();
+    let scratch = Scratch::new();
+    let pkgs = scratch.dir.path().join("pkgs");
+    std::fs::create_dir(&pkgs).unwrap();
+    let debs = download(&pkgs, &["redis-server"]);
+    let deb = debs.iter().find(|d| d.to_string_lossy().contains("redis-server_")).unwrap();
+    let (image, manifest) = make_image(
+        &scratch,
+        &["-d", "redis", "-v", "7.0", "-r", "bookworm", "--compression", "zstd", "-p", deb.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(manifest["install"]["kind"], "deb");
+    assert_eq!(manifest["install"]["package"], "redis-server");
+    let version = manifest["install"]["version"].as_str().unwrap();
+    assert_eq!(manifest["database_packages"]["redis-server"], version);
+    // Its dependency came from the distro in the same apt run.
+    assert!(manifest["packages"]["redis-tools"].is_string());
+    boot_and_answer(&scratch, &image, "redis");
+}
+
+#[test]
+fn redis_from_a_tarball_setup_sh_boots_and_answers() {
+    require_root();
+    let scratch = Scratch::new();
+    let src = scratch.dir.path().join("src");
+    std::fs::create_dir_all(src.join("debs")).unwrap();
+    download(&src.join("debs"), &["redis-server", "redis-tools", "libjemalloc2", "liblzf1"]);
+    std::fs::write(
+        src.join("setup.sh"),
+        "#!/bin/sh\nset -eu\n# Installs the database from the .debs this tarball carries.\n\
+         apt-get install -y --no-install-recommends ./debs/*.deb\n\
+         echo installed-by-setup-sh > /etc/redis/dbimage-tarball\n",
+    )
+    .unwrap();
+    sh("chmod 755 setup.sh && tar czf ../redis.tar.gz .", &src);
+    let tarball = scratch.dir.path().join("redis.tar.gz");
+    let (image, manifest) = make_image(
+        &scratch,
+        &["-d", "redis", "-v", "7.0", "-r", "bookworm", "--compression", "zstd", "-p", tarball.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(manifest["install"]["kind"], "tarball");
+    assert!(manifest["packages"]["redis-server"].is_string());
+    let (marker, _) = debugfs_in_image(&image, "cat /etc/redis/dbimage-tarball");
+    assert_eq!(marker.trim(), "installed-by-setup-sh");
+    assert!(list_image_dir(&image, "/tmp").iter().all(|f| f != "dbimage-pkg"), "scratch dir removed");
+    boot_and_answer(&scratch, &image, "redis");
+}
+
+/// A signed apt repository of real Debian packages, served on 127.0.0.1
+/// by a process this test started and ends by its PID.
+struct VendorRepo {
+    server: Child,
+    port: u16,
+    key: PathBuf,
+    fingerprint: String,
+}
+
+impl Drop for VendorRepo {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn vendor_repo(dir: &Path, packages: &[&str]) -> VendorRepo {
+    let gnupg = dir.join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", &gnupg)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    gpg(&["--quick-gen-key", "dbimage test vendor <vendor@test.invalid>", "ed25519", "sign", "never"]);
+    let key = dir.join("test-vendor.asc");
+    std::fs::write(&key, gpg(&["--armor", "--export"])).unwrap();
+    let fingerprint = gpg(&["--with-colons", "--list-keys"])
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:").map(|r| r.trim_matches(':').to_string()))
+        .unwrap();
+
+    let repo = dir.join("repo");
+    let pool = repo.join("pool");
+    std::fs::create_dir_all(&pool).unwrap();
+    download(&pool, packages);
+    std::fs::create_dir_all(repo.join("dists/bookworm/main/binary-amd64")).unwrap();
+    sh(
+        "apt-ftparchive packages pool > dists/bookworm/main/binary-amd64/Packages && \
+         gzip -k dists/bookworm/main/binary-amd64/Packages && \
+         apt-ftparchive -o APT::FTPArchive::Release::Origin=dbimage-test-vendor \
+           -o APT::FTPArchive::Release::Suite=bookworm -o APT::FTPArchive::Release::Codename=bookworm \
+           -o APT::FTPArchive::Release::Architectures=amd64 -o APT::FTPArchive::Release::Components=main \
+           release dists/bookworm > Release.tmp && mv Release.tmp dists/bookworm/Release",
+        &repo,
+    );
+    gpg(&["--clearsign", "-o", "repo/dists/bookworm/InRelease", "repo/dists/bookworm/Release"]);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+        .current_dir(&repo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    VendorRepo { server, port, key, fingerprint }
+}
+
+#[test]
+fn community_edition_from_a_local_signed_repository() {
+    require_root();
+    let scratch = Scratch::new();
+    let repo = vendor_repo(scratch.dir.path(), &["redis-server", "redis-tools"]);
+
+    // A data directory of our own: the real catalog and elements, plus a
+    // community row for redis pointing at the local repository.
+    let data = scratch.dir.path().join("data");
+    std::fs::create_dir_all(data.join("datastores/keys")).unwrap();
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in std::fs::read_dir(project.join("datastores")).unwrap().flatten() {
+        if f.path().extension().is_some_and(|x| x == "yaml") {
+            std::fs::copy(f.path(), data.join("datastores").join(f.file_name())).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink(project.join("elements"), data.join("elements")).unwrap();
+    std::fs::copy(&repo.key, data.join("datastores/keys/test-vendor.asc")).unwrap();
+    let mut yaml = std::fs::read_to_string(data.join("datastores/redis.yaml")).unwrap();
+    yaml.push_str(&format!(
+        "  - source: community\n    release: bookworm\n    arch: [amd64]\n    version: \"7.0\"\n    \
+         packages: [redis-server, redis-tools]\n    repo:\n      url: http://127.0.0.1:{}\n      \
+         suite: bookworm\n      components: [main]\n      key: test-vendor.asc\n      \
+         fingerprint: {}\n      pin: o=dbimage-test-vendor\n",
+        repo.port, repo.fingerprint
+    ));
+    std::fs::write(data.join("datastores/redis.yaml"), yaml).unwrap();
+
+    let (image, manifest) = make_image(
+        &scratch,
+        &["-d", "redis", "-v", "7.0", "-c", "--compression", "zstd"],
+        &[("DBIMAGE_DATA_DIR", &data)],
+    );
+    let name = image.file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.starts_with("redis-7.0-c-dib-"), "{name}");
+    assert_eq!(manifest["datastore"]["source"], "community");
+    let origin = manifest["origins"]["redis-server"].as_str().unwrap();
+    assert!(origin.starts_with(&format!("http://127.0.0.1:{}", repo.port)), "{origin}");
+    // The repository, its key and its pin are gone from the image.
+    let leftovers: Vec<String> = [
+        ("/etc/apt/sources.list.d", "dbimage-redis"),
+        ("/usr/share/keyrings", "dbimage-redis"),
+        ("/etc/apt/preferences.d", "dbimage-redis"),
+    ]
+    .iter()
+    .flat_map(|(dir, prefix)| list_image_dir(&image, dir).into_iter().filter(move |f| f.starts_with(prefix)))
+    .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_vendor_key_with_the_wrong_fingerprint_is_refused() {
+    require_root();
+    let scratch = Scratch::new();
+    let data = scratch.dir.path().join("data");
+    std::fs::create_dir_all(data.join("datastores/keys")).unwrap();
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(project.join("datastores/redis.yaml"), data.join("datastores/redis.yaml")).unwrap();
+    std::os::unix::fs::symlink(project.join("elements"), data.join("elements")).unwrap();
+    let repo = vendor_repo(scratch.dir.path(), &["redis-tools"]);
+    std::fs::copy(&repo.key, data.join("datastores/keys/k.asc")).unwrap();
+    let mut yaml = std::fs::read_to_string(data.join("datastores/redis.yaml")).unwrap();
+    yaml.push_str(
+        "  - source: community\n    release: bookworm\n    arch: [amd64]\n    version: \"7.0\"\n    \
+         packages: [redis-server]\n    repo:\n      url: http://127.0.0.1:1\n      suite: bookworm\n      \
+         components: [main]\n      key: k.asc\n      fingerprint: 0000 1111 2222 3333 4444 5555 6666 7777 8888 9999\n",
+    );
+    std::fs::write(data.join("datastores/redis.yaml"), yaml).unwrap();
+    let mut c = scratch.cmd();
+    c.env("DBIMAGE_DATA_DIR", &data).args(["make", "-d", "redis", "-v", "7.0", "-c", "-I"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to trust it"), "{err}");
+    scratch.assert_clean();
+    assert!(scratch.outputs().is_empty());
+}
+
+/// A minimal .deb made here with dpkg-deb.
+fn tiny_deb(dir: &Path, arch: &str, depends: Option<&str>) -> PathBuf {
+    let root = dir.join(format!("tiny-{arch}"));
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    let mut control = format!(
+        "Package: dbimage-tiny\nVersion: 1.0\nArchitecture: {arch}\nMaintainer: t <t@test.invalid>\nDescription: test\n"
+    );
+    if let Some(d) = depends {
+        control.push_str(&format!("Depends: {d}\n"));
+    }
+    std::fs::write(root.join("DEBIAN/control"), control).unwrap();
+    let deb = dir.join(format!("dbimage-tiny_{arch}.deb"));
+    let ok = Command::new("dpkg-deb").args(["--build", "--root-owner-group"]).arg(&root).arg(&deb).status().unwrap();
+    assert!(ok.success());
+    deb
+}
+
+fn refused(scratch: &Scratch, args: &[&str], code: i32, expect: &str) {
+    let mut c = scratch.cmd();
+    c.arg("make").args(args);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(code), "{args:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(expect), "{args:?}: {err}");
+    assert!(scratch.outputs().is_empty());
+    assert!(list(&scratch.work()).is_empty());
+}
+
+#[test]
+fn bad_package_input_is_refused_before_anything_is_built() {
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path();
+    let ppc = tiny_deb(dir, "ppc64el", None);
+    refused(&scratch, &["-d", "redis", "-v", "7.0", "-I", "-a", "amd64", "-p", ppc.to_str().unwrap()], 2, "built for ppc64el");
+    let fake = dir.join("fake.deb");
+    std::fs::write(&fake, b"this is not an ar archive").unwrap();
+    refused(&scratch, &["-d", "redis", "-v", "7.0", "-I", "-p", fake.to_str().unwrap()], 2, "not a valid Debian package");
+    let garbage = dir.join("garbage.tar.gz");
+    std::fs::write(&garbage, [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    refused(&scratch, &["-d", "redis", "-v", "7.0", "-I", "-p", garbage.to_str().unwrap()], 2, "garbage.tar.gz");
+    let empty = dir.join("empty.tar");
+    std::fs::write(&empty, b"").unwrap();
+    refused(&scratch, &["-d", "redis", "-v", "7.0", "-I", "-p", empty.to_str().unwrap()], 2, "empty.tar");
+    let zip = dir.join("db.zip");
+    std::fs::write(&zip, b"PK\x03\x04").unwrap();
+    refused(&scratch, &["-d", "redis", "-v", "7.0", "-I", "-p", zip.to_str().unwrap()], 2, "db.zip");
+    refused(&scratch, &["-d", "redis", "-I", "-p", fake.to_str().unwrap()], 2, "--db-version");
+    refused(&scratch, &["-d", "mysql", "-c", "-e", "-I"], 2, "cannot be used with");
+    refused(&scratch, &["-d", "redis", "-v", "7.0", "-I", "-p", "/nonexistent/x.deb"], 2, "no such file");
+}
+
+#[test]
+fn a_deb_whose_dependencies_cannot_be_met_fails_before_the_disk() {
+    require_root();
+    let scratch = Scratch::new();
+    let deb = tiny_deb(scratch.dir.path(), "all", Some("dbimage-no-such-package"));
+    let _lock = build_lock();
+    let mut c = scratch.cmd();
+    c.args(["make", "-d", "redis", "-v", "7.0", "-r", "bookworm", "-I", "-p"]).arg(&deb);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dbimage-no-such-package"), "{err}");
+    assert!(!err.contains("==> disk"), "stopped before the disk: {err}");
+    scratch.assert_clean();
+    assert!(scratch.outputs().is_empty());
+}
