@@ -155,14 +155,9 @@ fn vendor_repo(dir: &Path, packages: &[&str]) -> VendorRepo {
     VendorRepo { server, port, key, fingerprint }
 }
 
-#[test]
-fn community_edition_from_a_local_signed_repository() {
-    require_root();
-    let scratch = Scratch::new();
-    let repo = vendor_repo(scratch.dir.path(), &["redis-server", "redis-tools"]);
-
-    // A data directory of our own: the real catalog and elements, plus a
-    // community row for redis pointing at the local repository.
+/// A data directory of our own: the real catalog and elements, the test
+/// key in datastores/keys/, and `row` appended to redis.yaml.
+fn data_dir_with_redis_row(scratch: &Scratch, key: &Path, key_name: &str, row: &str) -> PathBuf {
     let data = scratch.dir.path().join("data");
     std::fs::create_dir_all(data.join("datastores/keys")).unwrap();
     let project = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -172,16 +167,27 @@ fn community_edition_from_a_local_signed_repository() {
         }
     }
     std::os::unix::fs::symlink(project.join("elements"), data.join("elements")).unwrap();
-    std::fs::copy(&repo.key, data.join("datastores/keys/test-vendor.asc")).unwrap();
+    std::fs::copy(key, data.join("datastores/keys").join(key_name)).unwrap();
     let mut yaml = std::fs::read_to_string(data.join("datastores/redis.yaml")).unwrap();
-    yaml.push_str(&format!(
+    yaml.push_str(row);
+    std::fs::write(data.join("datastores/redis.yaml"), yaml).unwrap();
+    data
+}
+
+#[test]
+fn community_edition_from_a_local_signed_repository() {
+    require_root();
+    let scratch = Scratch::new();
+    let repo = vendor_repo(scratch.dir.path(), &["redis-server", "redis-tools"]);
+
+    let row = format!(
         "  - source: community\n    release: bookworm\n    arch: [amd64]\n    version: \"7.0\"\n    \
          packages: [redis-server, redis-tools]\n    repo:\n      url: http://127.0.0.1:{}\n      \
          suite: bookworm\n      components: [main]\n      key: test-vendor.asc\n      \
          fingerprint: {}\n      pin: o=dbimage-test-vendor\n",
         repo.port, repo.fingerprint
-    ));
-    std::fs::write(data.join("datastores/redis.yaml"), yaml).unwrap();
+    );
+    let data = data_dir_with_redis_row(&scratch, &repo.key, "test-vendor.asc", &row);
 
     let (image, manifest) = make_image(
         &scratch,
@@ -209,20 +215,15 @@ fn community_edition_from_a_local_signed_repository() {
 fn a_vendor_key_with_the_wrong_fingerprint_is_refused() {
     require_root();
     let scratch = Scratch::new();
-    let data = scratch.dir.path().join("data");
-    std::fs::create_dir_all(data.join("datastores/keys")).unwrap();
-    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(project.join("datastores/redis.yaml"), data.join("datastores/redis.yaml")).unwrap();
-    std::os::unix::fs::symlink(project.join("elements"), data.join("elements")).unwrap();
     let repo = vendor_repo(scratch.dir.path(), &["redis-tools"]);
-    std::fs::copy(&repo.key, data.join("datastores/keys/k.asc")).unwrap();
-    let mut yaml = std::fs::read_to_string(data.join("datastores/redis.yaml")).unwrap();
-    yaml.push_str(
+    let data = data_dir_with_redis_row(
+        &scratch,
+        &repo.key,
+        "k.asc",
         "  - source: community\n    release: bookworm\n    arch: [amd64]\n    version: \"7.0\"\n    \
          packages: [redis-server]\n    repo:\n      url: http://127.0.0.1:1\n      suite: bookworm\n      \
          components: [main]\n      key: k.asc\n      fingerprint: 0000 1111 2222 3333 4444 5555 6666 7777 8888 9999\n",
     );
-    std::fs::write(data.join("datastores/redis.yaml"), yaml).unwrap();
     let mut c = scratch.cmd();
     c.env("DBIMAGE_DATA_DIR", &data).args(["make", "-d", "redis", "-v", "7.0", "-c", "-I"]);
     let out = run(c);
