@@ -91,10 +91,14 @@ impl Settings {
         let path = find_file();
         let file = match &path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| SettingsError::Invalid { path: p.clone(), msg: e.to_string() })?;
-                serde_saphyr::from_str::<File>(&text)
-                    .map_err(|e| SettingsError::Invalid { path: p.clone(), msg: e.to_string() })?
+                let text = std::fs::read_to_string(p).map_err(|e| SettingsError::Invalid {
+                    path: p.clone(),
+                    msg: e.to_string(),
+                })?;
+                serde_saphyr::from_str::<File>(&text).map_err(|e| SettingsError::Invalid {
+                    path: p.clone(),
+                    msg: e.to_string(),
+                })?
             }
             None => File::default(),
         };
@@ -105,14 +109,26 @@ impl Settings {
         // Set but empty means "skip nothing", so read the variable directly.
         let (security_skip, skip_from) = match std::env::var("DBIMAGE_SECURITY_SKIP") {
             Ok(v) => (
-                v.split([',', ' ']).filter(|e| !e.is_empty()).map(str::to_string).collect(),
+                v.split([',', ' '])
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect(),
                 "DBIMAGE_SECURITY_SKIP".to_string(),
             ),
             Err(_) => match file.security_skip {
-                Some(list) => {
-                    (list, path.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
-                }
-                None => (DEFAULT_SECURITY_SKIP.iter().map(|e| e.to_string()).collect(), String::new()),
+                Some(list) => (
+                    list,
+                    path.as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                ),
+                None => (
+                    DEFAULT_SECURITY_SKIP
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect(),
+                    String::new(),
+                ),
             },
         };
         for entry in &security_skip {
@@ -143,7 +159,9 @@ impl Settings {
                 .or(file.security)
                 .unwrap_or(true),
             security_skip,
-            source: env_str("DBIMAGE_SOURCE").or(file.source).unwrap_or_else(|| "-dib".into()),
+            source: env_str("DBIMAGE_SOURCE")
+                .or(file.source)
+                .unwrap_or_else(|| "-dib".into()),
             data_dir,
         })
     }
@@ -153,9 +171,11 @@ impl Settings {
     /// Whether images of `release` for `arch` get the security suite.
     pub fn security_for(&self, release: &str, arch: Arch) -> bool {
         self.security
-            && !self.security_skip.iter().filter_map(|e| parse_skip(e)).any(|(r, a)| {
-                (r == "*" || r == release) && a.is_none_or(|a| a == arch)
-            })
+            && !self
+                .security_skip
+                .iter()
+                .filter_map(|e| parse_skip(e))
+                .any(|(r, a)| (r == "*" || r == release) && a.is_none_or(|a| a == arch))
     }
 }
 
@@ -166,7 +186,11 @@ fn parse_skip(entry: &str) -> Option<(&str, Option<Arch>)> {
     if release.is_empty() {
         return None;
     }
-    let arch = if arch == "*" { None } else { Some(arch.parse::<Arch>().ok()?) };
+    let arch = if arch == "*" {
+        None
+    } else {
+        Some(arch.parse::<Arch>().ok()?)
+    };
     Some((release, arch))
 }
 
@@ -202,7 +226,10 @@ fn find_data_dir() -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok();
     let exe = std::env::current_exe().ok();
     cwd.into_iter()
-        .chain(exe.iter().flat_map(|e| e.ancestors().skip(1).map(Path::to_path_buf)))
+        .chain(
+            exe.iter()
+                .flat_map(|e| e.ancestors().skip(1).map(Path::to_path_buf)),
+        )
         .chain([PathBuf::from("/usr/share/dbimage")])
         .find(|d| is_data_dir(d))
 }
@@ -240,7 +267,10 @@ mod tests {
         let mut s = with_skip(&[]);
         assert!(s.security_for("bookworm", Arch::Ppc64le));
         s.security = false;
-        assert!(!s.security_for("trixie", Arch::Amd64), "DBIMAGE_SECURITY=no wins");
+        assert!(
+            !s.security_for("trixie", Arch::Amd64),
+            "DBIMAGE_SECURITY=no wins"
+        );
         assert!(parse_skip("bookworm").is_none());
         assert!(parse_skip("bookworm/arm64").is_none());
         assert!(parse_skip("/ppc64el").is_none());

@@ -49,7 +49,10 @@ pub enum RootfsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
-    move |source| RootfsError::Io { path: path.to_path_buf(), source }
+    move |source| RootfsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Everything that determines the base tree.
@@ -74,7 +77,12 @@ impl BaseSpec {
         h.update(serde_json::to_vec(self).unwrap_or_default());
         let digest = h.finalize();
         let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{}-minbase-{hex}", self.distro, self.release, self.arch.debian())
+        format!(
+            "{}-{}-{}-minbase-{hex}",
+            self.distro,
+            self.release,
+            self.arch.debian()
+        )
     }
 }
 
@@ -91,12 +99,17 @@ pub fn ensure_base(
     if tarball.is_file() {
         return Ok((tarball, true));
     }
-    let debs = cache_dir.join("debootstrap").join(format!("{}-{}", spec.release, spec.arch.debian()));
+    let debs =
+        cache_dir
+            .join("debootstrap")
+            .join(format!("{}-{}", spec.release, spec.arch.debian()));
     fs::create_dir_all(&debs).map_err(io_err(&debs))?;
 
     let scratch = dir.join(format!(".build-{}", std::process::id()));
     fs::create_dir_all(&scratch).map_err(io_err(&scratch))?;
-    let undo_scratch = Undo::RemoveDir { path: scratch.clone() };
+    let undo_scratch = Undo::RemoveDir {
+        path: scratch.clone(),
+    };
     td.push(undo_scratch.clone());
     let tree = scratch.join("tree");
     let mut cmd = Cmd::new("debootstrap")
@@ -118,10 +131,12 @@ pub fn ensure_base(
         .run()?;
     fs::rename(&partial, &tarball).map_err(io_err(&tarball))?;
     td.forget(&undo_scratch);
-    Undo::RemoveDir { path: scratch }.undo().map_err(|e| RootfsError::Io {
-        path: tarball.clone(),
-        source: std::io::Error::other(e),
-    })?;
+    Undo::RemoveDir { path: scratch }
+        .undo()
+        .map_err(|e| RootfsError::Io {
+            path: tarball.clone(),
+            source: std::io::Error::other(e),
+        })?;
     Ok((tarball, false))
 }
 
@@ -145,9 +160,7 @@ pub fn write_apt_sources(
     mirror: &str,
     security: Option<&str>,
 ) -> Result<(), RootfsError> {
-    let mut text = format!(
-        "deb {mirror} {release} main\ndeb {mirror} {release}-updates main\n"
-    );
+    let mut text = format!("deb {mirror} {release} main\ndeb {mirror} {release}-updates main\n");
     if let Some(sec) = security {
         text.push_str(&format!("deb {sec} {release}-security main\n"));
     }
@@ -169,7 +182,11 @@ pub fn apt_update(
     };
     if let RunError::Failed { tail, .. } = &err {
         if let Some(detail) = mirror_inconsistency(tail) {
-            return Err(RootfsError::MirrorInconsistent { release: release.to_string(), arch, detail });
+            return Err(RootfsError::MirrorInconsistent {
+                release: release.to_string(),
+                arch,
+                detail,
+            });
         }
     }
     Err(err.into())
@@ -177,18 +194,40 @@ pub fn apt_update(
 
 /// The line of apt's output that shows the mirror disagreeing with itself.
 fn mirror_inconsistency(lines: &[String]) -> Option<String> {
-    const SIGNS: [&str; 4] =
-        ["Hash Sum mismatch", "unexpected size", "Mirror sync in progress", "by-hash"];
-    lines
+    const SIGNS: [&str; 4] = [
+        "Hash Sum mismatch",
+        "unexpected size",
+        "Mirror sync in progress",
+        "by-hash",
+    ];
+    let at = lines
         .iter()
-        .find(|l| SIGNS.iter().any(|s| l.contains(s)))
-        .map(|l| l.trim().trim_start_matches("E: ").to_string())
+        .position(|l| SIGNS.iter().any(|s| l.contains(s)))?;
+    let line = lines[at].trim().trim_start_matches("E: ");
+    if line.contains("http") {
+        return Some(line.to_string());
+    }
+    // apt names the file on the `Err:` line before the reason.
+    match lines[..at].iter().rev().find(|l| l.starts_with("Err:")) {
+        Some(err) => {
+            let file = err.split_once(' ').map_or(err.as_str(), |(_, f)| f).trim();
+            Some(format!("{file}: {line}"))
+        }
+        None => Some(line.to_string()),
+    }
 }
 
 /// Bytes used by a tree (apparent sizes of files, as `du -s --apparent`).
 pub fn tree_size(tree: &Path) -> Result<u64, RootfsError> {
-    let out = Cmd::new("du").args(["-s", "-x", "--block-size=1"]).arg(tree).output()?;
-    Ok(out.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0))
+    let out = Cmd::new("du")
+        .args(["-s", "-x", "--block-size=1"])
+        .arg(tree)
+        .output()?;
+    Ok(out
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -214,12 +253,18 @@ mod tests {
             "  File has unexpected size (268880 != 268431). Mirror sync in progress? [IP: 1.2.3.4 80]",
             "E: Some index files failed to download. They have been ignored, or old ones used instead.",
         ]);
-        assert!(mirror_inconsistency(&size).is_some_and(|l| l.contains("unexpected size")));
+        let detail = mirror_inconsistency(&size).unwrap();
+        assert!(
+            detail.starts_with("http://deb.debian.org/debian-security bookworm-security/main ppc64el Packages: File has unexpected size"),
+            "{detail}"
+        );
         let by_hash = tail(&[
             "E: Failed to fetch http://deb.debian.org/debian-security/dists/bookworm-security/main/binary-ppc64el/by-hash/SHA256/abc  404  Not Found",
         ]);
         assert!(mirror_inconsistency(&by_hash).is_some_and(|l| l.starts_with("Failed to fetch")));
-        let dns = tail(&["W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'"]);
+        let dns = tail(&[
+            "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'",
+        ]);
         assert_eq!(mirror_inconsistency(&dns), None);
         let err = RootfsError::MirrorInconsistent {
             release: "bookworm".into(),
@@ -227,7 +272,10 @@ mod tests {
             detail: "Hash Sum mismatch".into(),
         };
         let msg = err.to_string();
-        assert!(msg.contains("mirror is inconsistent") && msg.contains("\"bookworm/ppc64el\""), "{msg}");
+        assert!(
+            msg.contains("mirror is inconsistent") && msg.contains("\"bookworm/ppc64el\""),
+            "{msg}"
+        );
     }
 
     #[test]

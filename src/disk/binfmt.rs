@@ -90,7 +90,10 @@ pub fn entry_name(arch: Arch) -> String {
 /// packages first, as that is what their binfmt entry names.
 fn interpreters(arch: Arch) -> [PathBuf; 2] {
     [
-        PathBuf::from(format!("/usr/libexec/qemu-binfmt/{}-binfmt-P", arch.uname())),
+        PathBuf::from(format!(
+            "/usr/libexec/qemu-binfmt/{}-binfmt-P",
+            arch.uname()
+        )),
         PathBuf::from(format!("/usr/bin/qemu-{}-static", arch.uname())),
     ]
 }
@@ -107,11 +110,17 @@ fn status_in(dir: &Path, arch: Arch, interpreters: &[PathBuf]) -> Emulation {
                 .lines()
                 .find_map(|l| l.strip_prefix("flags:"))
                 .is_some_and(|f| f.contains('F'));
-            return if fixed { Emulation::Enabled } else { Emulation::NoFixBinary };
+            return if fixed {
+                Emulation::Enabled
+            } else {
+                Emulation::NoFixBinary
+            };
         }
     }
     match interpreters.iter().find(|p| p.exists()) {
-        Some(p) => Emulation::Registrable { interpreter: p.clone() },
+        Some(p) => Emulation::Registrable {
+            interpreter: p.clone(),
+        },
         None => Emulation::Missing,
     }
 }
@@ -171,29 +180,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let interp = dir.path().join("qemu-ppc64le-static");
         let none: Vec<PathBuf> = vec![dir.path().join("absent")];
-        assert_eq!(status_in(dir.path(), Arch::Ppc64le, &none), Emulation::Missing);
+        assert_eq!(
+            status_in(dir.path(), Arch::Ppc64le, &none),
+            Emulation::Missing
+        );
 
         std::fs::write(&interp, "").unwrap();
         let some = vec![dir.path().join("absent"), interp.clone()];
         assert_eq!(
             status_in(dir.path(), Arch::Ppc64le, &some),
-            Emulation::Registrable { interpreter: interp.clone() }
+            Emulation::Registrable {
+                interpreter: interp.clone()
+            }
         );
 
         write_entry(dir.path(), "disabled\ninterpreter /x\nflags: POCF\n");
-        assert!(matches!(status_in(dir.path(), Arch::Ppc64le, &some), Emulation::Registrable { .. }));
+        assert!(matches!(
+            status_in(dir.path(), Arch::Ppc64le, &some),
+            Emulation::Registrable { .. }
+        ));
 
-        write_entry(dir.path(), "enabled\ninterpreter /x\nflags: POCF\noffset 0\n");
-        assert_eq!(status_in(dir.path(), Arch::Ppc64le, &none), Emulation::Enabled);
+        write_entry(
+            dir.path(),
+            "enabled\ninterpreter /x\nflags: POCF\noffset 0\n",
+        );
+        assert_eq!(
+            status_in(dir.path(), Arch::Ppc64le, &none),
+            Emulation::Enabled
+        );
 
-        write_entry(dir.path(), "enabled\ninterpreter /usr/bin/qemu-ppc64le\nflags: OC\n");
-        assert_eq!(status_in(dir.path(), Arch::Ppc64le, &some), Emulation::NoFixBinary);
+        write_entry(
+            dir.path(),
+            "enabled\ninterpreter /usr/bin/qemu-ppc64le\nflags: OC\n",
+        );
+        assert_eq!(
+            status_in(dir.path(), Arch::Ppc64le, &some),
+            Emulation::NoFixBinary
+        );
     }
 
     #[test]
     fn messages_name_the_packages() {
         let msg = missing_message(Arch::Ppc64le);
-        assert!(msg.contains("apt-get install qemu-user-static binfmt-support"), "{msg}");
+        assert!(
+            msg.contains("apt-get install qemu-user-static binfmt-support"),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'));
         assert_eq!(entry_name(Arch::Ppc64le), "qemu-ppc64le");
     }
