@@ -40,7 +40,7 @@ build() {
     fi
     end=$(date +%s%N)
     echo $(( (end - start) / 1000000 )) > "$scratch/$arch.$label.wall"
-    sed -n '/^phase/,/^$/p' "$scratch/$arch.$label.err" | tail -n +2 > "$scratch/$arch.$label.table"
+    sed -n '/^phase/,/^$/p' "$scratch/$arch.$label.err" | sed '1d;/^[[:space:]]*$/d' > "$scratch/$arch.$label.table"
     printf '%-8s %-6s %6.1f s\n' "$arch" "$label" "$(awk '{print $1/1000}' "$scratch/$arch.$label.wall")" >&2
 }
 
