@@ -58,14 +58,7 @@ fn postgresql_15_for_ppc64le_builds_under_qemu_user() {
 
 /// `sfdisk --dump` of a raw conversion: partition 1 is PReP.
 fn assert_prep_partition(image: &Path, scratch: &Scratch) {
-    let raw = scratch.dir.path().join("disk.raw");
-    let ok = Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(image)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let raw = to_raw(image, scratch.dir.path());
     let dump = Command::new("sfdisk")
         .arg("--dump")
         .arg(&raw)

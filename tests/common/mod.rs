@@ -116,14 +116,7 @@ fn nix_is_root() -> bool {
 /// Returns debugfs's stdout and stderr.
 pub fn debugfs_in_image(image: &Path, request: &str) -> (String, String) {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
-    let raw = tmp.path().join("disk.raw");
-    let ok = Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(image)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let raw = to_raw(image, tmp.path());
     let dump = Command::new("sfdisk")
         .arg("--json")
         .arg(&raw)
@@ -155,6 +148,14 @@ pub fn debugfs_in_image(image: &Path, request: &str) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A sparse raw copy of `image` in `dir`.
+pub fn to_raw(image: &Path, dir: &Path) -> PathBuf {
+    let raw = dir.join("disk.raw");
+    let ok = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(&raw).status().unwrap();
+    assert!(ok.success());
+    raw
 }
 
 /// Names in a directory of the image's root filesystem.
