@@ -180,14 +180,14 @@ pub fn apt_update(
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
-    if let RunError::Failed { tail, .. } = &err {
-        if let Some(detail) = mirror_inconsistency(tail) {
-            return Err(RootfsError::MirrorInconsistent {
-                release: release.to_string(),
-                arch,
-                detail,
-            });
-        }
+    if let RunError::Failed { tail, .. } = &err
+        && let Some(detail) = mirror_inconsistency(tail)
+    {
+        return Err(RootfsError::MirrorInconsistent {
+            release: release.to_string(),
+            arch,
+            detail,
+        });
     }
     Err(err.into())
 }

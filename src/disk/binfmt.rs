@@ -104,18 +104,18 @@ pub fn status(arch: Arch) -> Emulation {
 }
 
 fn status_in(dir: &Path, arch: Arch, interpreters: &[PathBuf]) -> Emulation {
-    if let Ok(text) = std::fs::read_to_string(dir.join(entry_name(arch))) {
-        if text.starts_with("enabled") {
-            let fixed = text
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .is_some_and(|f| f.contains('F'));
-            return if fixed {
-                Emulation::Enabled
-            } else {
-                Emulation::NoFixBinary
-            };
-        }
+    if let Ok(text) = std::fs::read_to_string(dir.join(entry_name(arch)))
+        && text.starts_with("enabled")
+    {
+        let fixed = text
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .is_some_and(|f| f.contains('F'));
+        return if fixed {
+            Emulation::Enabled
+        } else {
+            Emulation::NoFixBinary
+        };
     }
     match interpreters.iter().find(|p| p.exists()) {
         Some(p) => Emulation::Registrable {
