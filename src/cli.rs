@@ -37,6 +37,67 @@ pub enum Command {
     Cleanup,
     /// Show what an image holds (OS, database, kernel, SSH keys); needs no root.
     Inspect(InspectArgs),
+    /// Show, change and upload a database's flavors (vCPUs, memory, disks).
+    Flavor(FlavorArgs),
+    /// Upload an existing image to Glance and register its Trove datastore version.
+    Publish(PublishArgs),
+}
+
+/// Which cloud to use (see clouds.yaml / OS_* in the README).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CloudArgs {
+    /// The clouds.yaml entry to use (default: $OS_CLOUD, else the OS_* variables).
+    #[arg(long, value_name = "NAME")]
+    pub os_cloud: Option<String>,
+    /// Region whose endpoints to use (overrides the cloud's region_name).
+    #[arg(long, value_name = "REGION")]
+    pub os_region_name: Option<String>,
+}
+
+/// Glance visibility of a published image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Visibility {
+    /// Only the owning project (Trove's service project, usually).
+    Private,
+    /// Projects it is shared with.
+    Shared,
+    /// Every project, but not listed by default.
+    Community,
+    /// Every project.
+    Public,
+}
+
+/// How an image is published (shared by `make` and `publish`).
+#[derive(Debug, Clone, Args)]
+pub struct PublishOptions {
+    /// Glance visibility of the image.
+    #[arg(long, value_enum, default_value_t = Visibility::Private)]
+    pub visibility: Visibility,
+    /// Keep the uploaded image when Trove refuses the datastore version.
+    #[arg(long)]
+    pub keep_image: bool,
+    /// Which cloud.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// `dbimage publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The QCOW2 image (its manifest beside it supplies -d and -v when omitted).
+    pub image: PathBuf,
+    /// Database (default: from the manifest).
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    pub db: Option<String>,
+    /// Datastore version name (default: from the manifest).
+    #[arg(short = 'v', long = "db-version", value_name = "VER")]
+    pub db_version: Option<String>,
+    /// Glance image name (default: the file name without .qcow2).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// How to publish.
+    #[command(flatten)]
+    pub publish: PublishOptions,
 }
 
 /// Where the database comes from.
@@ -102,6 +163,9 @@ pub struct MakeArgs {
     /// Print the resolved plan and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// How to publish (without -I).
+    #[command(flatten)]
+    pub publish: PublishOptions,
 }
 
 /// `dbimage test`.
@@ -147,6 +211,91 @@ pub struct InspectArgs {
     pub format: Format,
 }
 
+/// `dbimage flavor`.
+#[derive(Debug, Args)]
+pub struct FlavorArgs {
+    /// What to do with the flavors.
+    #[command(subcommand)]
+    pub command: FlavorCommand,
+}
+
+/// The `flavor` subcommands (the original's `dbflavor-show/change/upload.sh`).
+#[derive(Debug, Subcommand)]
+pub enum FlavorCommand {
+    /// Show the flavors: current values, customized ones marked with *.
+    Show(FlavorShowArgs),
+    /// Change attributes of one flavor; -1 restores an attribute's default.
+    Change(FlavorChangeArgs),
+    /// Create the flavors in Nova.
+    Upload(FlavorUploadArgs),
+}
+
+/// Output formats of `flavor show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FlavorFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for programs, current and predefined values.
+    Json,
+    /// YAML for programs, current and predefined values.
+    Yaml,
+}
+
+/// `dbimage flavor show`.
+#[derive(Debug, Args)]
+pub struct FlavorShowArgs {
+    /// Database: mariadb, mongodb, mysql, postgresql or redis.
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    pub db: String,
+    /// Show the predefined values instead of the current ones.
+    #[arg(short = 'p', long)]
+    pub predefined: bool,
+    /// Output format.
+    #[arg(short = 'f', long, value_enum, default_value_t = FlavorFormat::Table)]
+    pub format: FlavorFormat,
+}
+
+/// `dbimage flavor change`: each value may be -1, which restores the
+/// predefined one (hence `i64` and negative numbers allowed).
+#[derive(Debug, Args)]
+pub struct FlavorChangeArgs {
+    /// Database: mariadb, mongodb, mysql, postgresql or redis.
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    pub db: String,
+    /// The flavor to change (tiny, small, medium, large, xlarge).
+    #[arg(short = 'f', long = "flavor", value_name = "NAME")]
+    pub flavor: String,
+    /// Virtual CPUs (1 to 256).
+    #[arg(short = 'c', long, value_name = "VCPUS", allow_negative_numbers = true)]
+    pub vcpus: Option<i64>,
+    /// Memory in GB (1 to 1024).
+    #[arg(short = 'm', long, value_name = "GB", allow_negative_numbers = true)]
+    pub memory: Option<i64>,
+    /// Root disk in MB (1024 to 2097152; rounded up to whole GB).
+    #[arg(short = 'r', long, value_name = "MB", allow_negative_numbers = true)]
+    pub root: Option<i64>,
+    /// Database disk in MB (0 to 16777216).
+    #[arg(short = 's', long = "db-disk", value_name = "MB", allow_negative_numbers = true)]
+    pub db_disk: Option<i64>,
+    /// Backup storage in MB (0 to 16777216).
+    #[arg(short = 'b', long, value_name = "MB", allow_negative_numbers = true)]
+    pub backup: Option<i64>,
+}
+
+/// `dbimage flavor upload`.
+#[derive(Debug, Args)]
+pub struct FlavorUploadArgs {
+    /// Database: mariadb, mongodb, mysql, postgresql or redis.
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    pub db: String,
+    /// Print the flavors Nova would get and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Which cloud.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +319,23 @@ mod tests {
         assert_eq!(m.arch, Some(Arch::Ppc64le));
         assert!(Cli::try_parse_from(["dbimage", "make", "-d", "x", "-c", "-e"]).is_err());
         assert!(Cli::try_parse_from(["dbimage", "make", "-d", "x", "-p", "f.deb"]).is_err(), "-p needs -v");
+    }
+
+    #[test]
+    fn flavor_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "dbimage", "flavor", "change", "-d", "mysql", "-f", "small", "-c", "-1", "-m", "8",
+        ])
+        .unwrap();
+        let Command::Flavor(FlavorArgs { command: FlavorCommand::Change(c) }) = cli.command else {
+            panic!("flavor change")
+        };
+        assert_eq!((c.flavor.as_str(), c.vcpus, c.memory, c.root), ("small", Some(-1), Some(8), None));
+        let cli = Cli::try_parse_from(["dbimage", "flavor", "show", "-d", "redis", "-p", "-f", "yaml"])
+            .unwrap();
+        let Command::Flavor(FlavorArgs { command: FlavorCommand::Show(s) }) = cli.command else {
+            panic!("flavor show")
+        };
+        assert!(s.predefined && s.format == FlavorFormat::Yaml);
     }
 }

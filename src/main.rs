@@ -6,6 +6,7 @@ mod boot;
 mod build;
 mod catalog;
 mod cli;
+mod cloud;
 mod commands;
 mod disk;
 mod elements;
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
         Command::Datastores(args) => commands::datastores::run(args),
         Command::Cleanup => commands::cleanup::run(),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Flavor(args) => commands::flavor::run(args),
+        Command::Publish(args) => commands::publish::run(args),
     };
     commands::exit(result)
 }

@@ -59,6 +59,7 @@ struct File {
     security: Option<bool>,
     security_skip: Option<Vec<String>>,
     source: Option<String>,
+    custom_flavors_dir: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -83,6 +84,9 @@ pub struct Settings {
     pub security_skip: Vec<String>,
     /// The `<source>` part of image names (`DBIMAGE_SOURCE`).
     pub source: String,
+    /// Where `flavor change` keeps customized flavors, `<db>.yaml` each
+    /// (`DBIMAGE_CUSTOM_FLAVORS_DIR`; default `<data_dir>/flavors/custom`).
+    pub custom_flavors_dir: PathBuf,
 }
 
 impl Settings {
@@ -162,6 +166,9 @@ impl Settings {
             source: env_str("DBIMAGE_SOURCE")
                 .or(file.source)
                 .unwrap_or_else(|| "-dib".into()),
+            custom_flavors_dir: env_path("DBIMAGE_CUSTOM_FLAVORS_DIR")
+                .or(file.custom_flavors_dir)
+                .unwrap_or_else(|| data_dir.join("flavors").join("custom")),
             data_dir,
         })
     }
@@ -249,6 +256,7 @@ mod tests {
             security: true,
             security_skip: skip.iter().map(|s| s.to_string()).collect(),
             source: String::new(),
+            custom_flavors_dir: PathBuf::new(),
         }
     }
 

@@ -68,6 +68,58 @@ pub struct Sizes {
 /// Where the image carries its own manifest.
 pub const EMBEDDED_PATH: &str = "etc/dbimage/manifest.json";
 
+/// The part of a manifest that later commands (`test`, `publish`) read; the
+/// rest is ignored so that manifests can grow without breaking them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageInfo {
+    /// Image name.
+    pub name: String,
+    /// The catalog row the image was built from.
+    pub datastore: Resolved,
+    /// SHA-256 of the QCOW2 file.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// The manifest beside an image: `images/NAME.qcow2` → `images/NAME.json`.
+pub fn path_beside(image: &Path) -> std::path::PathBuf {
+    image.with_extension("json")
+}
+
+/// Errors reading a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// No manifest beside the image.
+    #[error("no manifest for {image}: expected {expected} (written by `dbimage make` beside the image)")]
+    Missing {
+        /// The image.
+        image: std::path::PathBuf,
+        /// Where the manifest should be.
+        expected: std::path::PathBuf,
+    },
+    /// It exists but cannot be read or parsed.
+    #[error("{path} is not a readable dbimage manifest: {msg}")]
+    Invalid {
+        /// The manifest.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// Reads the manifest beside `image`.
+pub fn read_beside(image: &Path) -> Result<ImageInfo, ManifestError> {
+    let path = path_beside(image);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ManifestError::Missing { image: image.to_path_buf(), expected: path });
+        }
+        Err(e) => return Err(ManifestError::Invalid { path, msg: e.to_string() }),
+    };
+    serde_json::from_slice(&raw).map_err(|e| ManifestError::Invalid { path, msg: e.to_string() })
+}
+
 /// Parses `dpkg-query -W -f '${Package}\t${Version}\n'` output.
 pub fn parse_package_list(text: &str) -> BTreeMap<String, String> {
     text.lines()
@@ -95,6 +147,40 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_sits_beside_the_image() {
+        assert_eq!(path_beside(Path::new("images/pg-15.qcow2")), Path::new("images/pg-15.json"));
+    }
+
+    #[test]
+    fn missing_manifest_names_the_expected_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("redis-7.qcow2");
+        let msg = read_beside(&image).unwrap_err().to_string();
+        assert!(msg.contains(&format!("expected {}", dir.path().join("redis-7.json").display())), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn manifest_reads_only_what_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("redis-7.qcow2");
+        let json = r#"{
+            "name": "redis-7", "sha256": "ab", "built": {"by": "x"},
+            "datastore": {
+                "db": "redis", "version": "7.0", "source": "distro", "release": "bookworm",
+                "arch": "amd64", "packages": ["redis-server"], "service": "redis-server",
+                "trove_manager": "redis", "element": "redis", "port": 6379,
+                "test": {"guest_setup": "true", "probe": ["redis-cli", "-p", "{port}", "ping"]}
+            }
+        }"#;
+        std::fs::write(path_beside(&image), json).unwrap();
+        let info = read_beside(&image).unwrap();
+        assert_eq!((info.datastore.db.as_str(), info.datastore.port), ("redis", 6379));
+        assert_eq!(info.sha256.as_deref(), Some("ab"));
+        assert!(info.datastore.test.env.is_empty());
+    }
 
     #[test]
     fn parses_dpkg_query() {

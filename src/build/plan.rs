@@ -371,13 +371,24 @@ fn check_user_name(user: &str) -> Result<(), UsageError> {
     }
 }
 
+/// Whether `s` looks like one OpenSSH public key line.
+fn looks_like_key(s: &str) -> bool {
+    let mut parts = s.split_whitespace();
+    matches!(parts.next(), Some(t) if t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-"))
+        && parts.next().is_some()
+}
+
+/// Whether a `-k` value names a cloud keypair: no such file, not a key, and
+/// shaped like a Nova keypair name.
+pub fn is_keypair_name(value: &str) -> bool {
+    !Path::new(value).exists()
+        && !looks_like_key(value)
+        && !value.is_empty()
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ' | '@'))
+}
+
 /// `-k`: a public key file, or the key itself.
 fn read_key(value: &str) -> anyhow::Result<String> {
-    let looks_like_key = |s: &str| {
-        let mut parts = s.split_whitespace();
-        matches!(parts.next(), Some(t) if t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-"))
-            && parts.next().is_some()
-    };
     let path = Path::new(value);
     let key = if path.is_file() {
         std::fs::read_to_string(path)

@@ -416,6 +416,12 @@ fn request_version(version: &str) -> Result<Vec<String>, CatalogError> {
     Ok(version.split('.').take(2).map(str::to_string).collect())
 }
 
+/// A version as datastore versions are named: at most its first two
+/// components (`10.11.6` → `10.11`, `15` → `15`).
+pub fn two_components(version: &str) -> Result<String, CatalogError> {
+    Ok(request_version(version)?.join("."))
+}
+
 /// Whether one component list is a prefix of the other; components compare
 /// whole, so `1` is no prefix of `15`.
 fn prefix_related<A: AsRef<str>, B: AsRef<str>>(a: &[A], b: &[B]) -> bool {
@@ -429,7 +435,7 @@ fn one_line(text: &str) -> String {
 
 /// The parser's message without its multi-line source snippet: the first
 /// line already has the position, and the error must stay one line.
-fn parse_message(rendered: &str) -> String {
+pub(super) fn parse_message(rendered: &str) -> String {
     let first = rendered.lines().next().unwrap_or_default();
     first
         .strip_prefix("error: ")

@@ -1,8 +1,9 @@
 //! The catalog of supported databases (`datastores/*.yaml`) and its
 //! resolution from a request (database, version, source, release, arch)
-//! into exactly one row.
+//! into exactly one row; and the database flavors (`flavors/*.yaml`).
 
 pub mod datastores;
+pub mod flavors;
 
 pub use datastores::{Catalog, CatalogError};
 

@@ -7,22 +7,40 @@ use indicatif::HumanBytes;
 use crate::build::pipeline;
 use crate::build::plan::Plan;
 use crate::cli::MakeArgs;
+use crate::commands::publish;
 use crate::settings::Settings;
 
-/// Exit code: the image was built but not published.
+/// Exit code: the image was built but publishing it failed.
 pub const EXIT_NOT_PUBLISHED: u8 = 3;
 
-/// The image was built; publishing was asked for but is not available.
+/// The image was built and kept; publishing it failed.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "publishing is not configured in this version of dbimage: the image is kept at {0}; \
-     pass -I to build only"
-)]
-pub struct NotPublished(pub String);
+#[error("the image was built ({image}) but not published: {error:#}; fix that and run `dbimage publish {image}`")]
+pub struct NotPublished {
+    /// The image file, kept.
+    pub image: String,
+    /// Why publishing failed.
+    pub error: anyhow::Error,
+}
 
 /// Runs `dbimage make`.
-pub fn run(args: MakeArgs) -> anyhow::Result<()> {
+pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    // Log in before building: a wrong password should cost seconds, not a build.
+    let session = if args.dry_run || (args.image_only && !needs_keypair(&args)) {
+        None
+    } else if args.image_only && !publish::cloud_configured(&args.publish.cloud) {
+        None // read_key's own error names the problem
+    } else {
+        Some(publish::login(&args.publish.cloud)?)
+    };
+    if let (Some(session), Some(name)) = (&session, args.key.clone())
+        && needs_keypair(&args)
+    {
+        let key = crate::cloud::nova::Nova::new(session)?.keypair_public_key(&name)?;
+        tracing::info!("-k {name}: public key from Nova's keypair");
+        args.key = Some(key);
+    }
     let (plan, elements) = Plan::new(&args, &settings)?;
     if args.dry_run {
         println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -49,9 +67,15 @@ pub fn run(args: MakeArgs) -> anyhow::Result<()> {
     println!("{} ({})", outcome.image.display(), HumanBytes(outcome.size));
     println!("{}", outcome.manifest.display());
     if plan.publish {
-        return Err(NotPublished(outcome.image.display().to_string()).into());
+        publish::after_make(&settings, &outcome.image, &args.publish)
+            .map_err(|error| NotPublished { image: outcome.image.display().to_string(), error })?;
     }
     Ok(())
+}
+
+/// Whether `-k` names a Nova keypair rather than a key file or a key.
+fn needs_keypair(args: &MakeArgs) -> bool {
+    args.key.as_deref().is_some_and(crate::build::plan::is_keypair_name)
 }
 
 /// The per-step timing table printed at the end of a build.

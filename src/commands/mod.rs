@@ -2,8 +2,10 @@
 
 pub mod cleanup;
 pub mod datastores;
+pub mod flavor;
 pub mod inspect;
 pub mod make;
+pub mod publish;
 pub mod test;
 
 use std::process::ExitCode;
@@ -30,6 +32,10 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
     } else if err.downcast_ref::<UsageError>().is_some()
         || err.downcast_ref::<crate::catalog::CatalogError>().is_some()
         || err.downcast_ref::<crate::elements::ElementError>().is_some()
+        || matches!(err.downcast_ref::<crate::cloud::CloudError>(), Some(crate::cloud::CloudError::Config(_)))
+        || err
+            .downcast_ref::<crate::catalog::flavors::FlavorError>()
+            .is_some_and(|e| e.is_usage())
     {
         ExitCode::from(EXIT_USAGE)
     } else {

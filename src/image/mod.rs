@@ -107,57 +107,76 @@ pub struct RawImage {
     _scratch: Option<TempDir>,
 }
 
+/// What qemu-img says an image is, after the damage checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// qemu-img's name for the format (`raw`, `qcow2`, ...).
+    pub format: String,
+    /// The disk size the guest sees, in bytes.
+    pub virtual_size: u64,
+    /// The backing file, when the image is an overlay.
+    pub backing_file: Option<String>,
+}
+
+/// Identifies `image` with qemu-img; a QCOW2 is also checked for
+/// truncation and corruption. Reads only, never modifies the file.
+pub fn identify(image: &Path) -> Result<Identity, ImageError> {
+    let meta = match std::fs::metadata(image) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ImageError::NotFound {
+                path: image.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(ImageError::Io {
+                path: image.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let not_image = |why: &str| ImageError::NotADiskImage {
+        path: image.to_path_buf(),
+        why: why.to_string(),
+    };
+    if meta.is_dir() {
+        return Err(not_image("it is a directory"));
+    }
+    if meta.len() == 0 {
+        return Err(not_image("the file is empty"));
+    }
+    let starts_like_qcow2 = has_qcow2_magic(image)?;
+
+    // -U: an image that a running QEMU (`dbimage test`) holds open is
+    // still safe to read, and without it qemu-img refuses the lock.
+    let info = Cmd::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(image)
+        .output()
+        .map_err(|e| match e {
+            RunError::Failed { ref tail, .. } => {
+                let why = qemu_complaint(tail);
+                if starts_like_qcow2 {
+                    qcow2_damage(image, why)
+                } else {
+                    not_image(&why)
+                }
+            }
+            other => ImageError::Run(other),
+        })?;
+    let identity = parse_info(&info).ok_or_else(|| not_image("qemu-img info gave no format and size"))?;
+    if identity.format == "qcow2" {
+        check_qcow2(image)?;
+    }
+    Ok(identity)
+}
+
 impl RawImage {
     /// Identifies `image` with qemu-img and, unless it is already raw,
     /// checks it and converts it to a sparse raw file in a temporary
     /// directory.
     pub fn open(image: &Path) -> Result<RawImage, ImageError> {
-        let meta = match std::fs::metadata(image) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ImageError::NotFound {
-                    path: image.to_path_buf(),
-                });
-            }
-            Err(source) => {
-                return Err(ImageError::Io {
-                    path: image.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        let not_image = |why: &str| ImageError::NotADiskImage {
-            path: image.to_path_buf(),
-            why: why.to_string(),
-        };
-        if meta.is_dir() {
-            return Err(not_image("it is a directory"));
-        }
-        if meta.len() == 0 {
-            return Err(not_image("the file is empty"));
-        }
-        let starts_like_qcow2 = has_qcow2_magic(image)?;
-
-        // -U: an image that a running QEMU (`dbimage test`) holds open is
-        // still safe to read, and without it qemu-img refuses the lock.
-        let info = Cmd::new("qemu-img")
-            .args(["info", "-U", "--output=json"])
-            .arg(image)
-            .output()
-            .map_err(|e| match e {
-                RunError::Failed { ref tail, .. } => {
-                    let why = qemu_complaint(tail);
-                    if starts_like_qcow2 {
-                        qcow2_damage(image, why)
-                    } else {
-                        not_image(&why)
-                    }
-                }
-                other => ImageError::Run(other),
-            })?;
-        let (format, virtual_size) =
-            parse_info(&info).ok_or_else(|| not_image("qemu-img info gave no format and size"))?;
-
+        let Identity { format, virtual_size, .. } = identify(image)?;
         if format == "raw" {
             return Ok(RawImage {
                 raw: image.to_path_buf(),
@@ -165,9 +184,6 @@ impl RawImage {
                 virtual_size,
                 _scratch: None,
             });
-        }
-        if format == "qcow2" {
-            check_qcow2(image)?;
         }
 
         let scratch = tempfile::Builder::new()
@@ -223,12 +239,14 @@ fn has_qcow2_magic(image: &Path) -> Result<bool, ImageError> {
     }
 }
 
-/// Reads `format` and `virtual-size` from `qemu-img info --output=json`.
-fn parse_info(json: &str) -> Option<(String, u64)> {
+/// Reads format, virtual size and backing file from `qemu-img info --output=json`.
+fn parse_info(json: &str) -> Option<Identity> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let format = v.get("format")?.as_str()?.to_string();
-    let size = v.get("virtual-size")?.as_u64()?;
-    Some((format, size))
+    Some(Identity {
+        format: v.get("format")?.as_str()?.to_string(),
+        virtual_size: v.get("virtual-size")?.as_u64()?,
+        backing_file: v.get("backing-filename").and_then(|b| b.as_str()).map(str::to_string),
+    })
 }
 
 /// `qemu-img convert` of a truncated QCOW2 succeeds and silently reads
@@ -289,7 +307,10 @@ mod tests {
     #[test]
     fn reads_format_and_size_from_qemu_img_info() {
         let json = r#"{"virtual-size": 67108864, "filename": "d.qcow2", "format": "qcow2"}"#;
-        assert_eq!(parse_info(json), Some(("qcow2".into(), 67108864)));
+        let id = parse_info(json).unwrap();
+        assert_eq!((id.format.as_str(), id.virtual_size, id.backing_file), ("qcow2", 67108864, None));
+        let json = r#"{"virtual-size": 1, "format": "qcow2", "backing-filename": "base.img"}"#;
+        assert_eq!(parse_info(json).unwrap().backing_file.as_deref(), Some("base.img"));
         assert_eq!(parse_info("{}"), None);
         assert_eq!(parse_info("not json"), None);
     }

@@ -1,0 +1,257 @@
+//! `dbimage publish` (and the publishing step of `make`): check the image,
+//! resolve what Glance and Trove should hold, log in, publish, report.
+
+use std::path::Path;
+
+use crate::build::manifest::{self, ImageInfo};
+use crate::catalog::{Catalog, Resolved};
+use crate::cli::{CloudArgs, PublishArgs, PublishOptions, Visibility};
+use crate::cloud::glance::NewImage;
+use crate::cloud::publish::{self, PublishSpec, Published};
+use crate::cloud::trove::{Outcome, VersionSpec};
+use crate::cloud::{self, Selection, Session};
+use crate::commands::UsageError;
+use crate::settings::Settings;
+
+/// Runs `dbimage publish`.
+pub fn run(args: PublishArgs) -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    let info = match manifest::read_beside(&args.image) {
+        Ok(info) => Some(info),
+        Err(manifest::ManifestError::Missing { .. }) => None,
+        Err(e) => return Err(UsageError(e.to_string()).into()),
+    };
+    let target = Target::resolve(&settings, info.as_ref(), args.db.as_deref(), args.db_version.as_deref())?;
+    let name = match args.name {
+        Some(n) => n,
+        None => default_name(&args.image)?,
+    };
+    let spec = spec(&settings, &args.image, &name, &target, info.as_ref(), &args.publish)?;
+    let session = login(&args.publish.cloud)?;
+    report(&spec, &publish::publish(&session, &spec)?);
+    Ok(())
+}
+
+/// Publishes an image `make` just built.
+pub fn after_make(settings: &Settings, image: &Path, opts: &PublishOptions) -> anyhow::Result<()> {
+    let info = manifest::read_beside(image)?;
+    let target = Target::from_resolved(&info.datastore);
+    let spec = spec(settings, image, &info.name, &target, Some(&info), opts)?;
+    // A fresh login: the one made before the build may have expired.
+    let session = login(&opts.cloud)?;
+    report(&spec, &publish::publish(&session, &spec)?);
+    Ok(())
+}
+
+/// Resolves the cloud settings and logs in.
+pub fn login(args: &CloudArgs) -> anyhow::Result<Session> {
+    let sel = Selection { cloud: args.os_cloud.clone(), region: args.os_region_name.clone() };
+    let cfg = cloud::config::resolve(&sel)?;
+    Ok(Session::login(&cfg)?)
+}
+
+/// Whether a cloud is configured at all (a name or OS_AUTH_URL is set).
+pub fn cloud_configured(args: &CloudArgs) -> bool {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    args.os_cloud.is_some() || set("OS_CLOUD") || set("OS_AUTH_URL")
+}
+
+/// The datastore and version an image is registered as.
+struct Target {
+    db: String,
+    version: String,
+    manager: String,
+    packages: Vec<String>,
+    release: Option<String>,
+    arch: Option<String>,
+    source: Option<String>,
+}
+
+impl Target {
+    fn from_resolved(ds: &Resolved) -> Target {
+        Target {
+            db: ds.db.clone(),
+            version: ds.version.clone(),
+            manager: ds.trove_manager.clone(),
+            packages: ds.packages.clone(),
+            release: Some(ds.release.clone()),
+            arch: Some(ds.arch.to_string()),
+            source: Some(ds.source.to_string()),
+        }
+    }
+
+    /// From the flags, the manifest, or both (which must then agree).
+    fn resolve(settings: &Settings, info: Option<&ImageInfo>, db: Option<&str>, version: Option<&str>) -> anyhow::Result<Target> {
+        if let Some(info) = info {
+            let ds = &info.datastore;
+            let disagree = |what: &str, flag: &str, theirs: &str| {
+                UsageError(format!(
+                    "the image's manifest says {what} {theirs}, but {flag} was given; drop the flag or publish the right image"
+                ))
+            };
+            if let Some(d) = db
+                && d != ds.db
+            {
+                return Err(disagree("database", &format!("-d {d}"), &ds.db).into());
+            }
+            if let Some(v) = version
+                && crate::catalog::datastores::two_components(v)? != ds.version
+            {
+                return Err(disagree("version", &format!("-v {v}"), &ds.version).into());
+            }
+            return Ok(Target::from_resolved(ds));
+        }
+        let (Some(db), Some(version)) = (db, version) else {
+            return Err(UsageError(
+                "the image has no dbimage manifest beside it; pass -d DB and -v VERSION".into(),
+            )
+            .into());
+        };
+        let catalog = Catalog::load(&settings.data_dir.join("datastores"))?;
+        let ds = catalog.get(db)?;
+        Ok(Target {
+            db: db.to_string(),
+            version: crate::catalog::datastores::two_components(version)?,
+            manager: ds.trove_manager.clone(),
+            packages: Vec::new(),
+            release: None,
+            arch: None,
+            source: None,
+        })
+    }
+}
+
+/// `images/postgresql-15-dib-2026-11-24.qcow2` → `postgresql-15-dib-2026-11-24`.
+fn default_name(image: &Path) -> anyhow::Result<String> {
+    image
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| UsageError(format!("{}: cannot make an image name from the file name; pass --name", image.display())).into())
+}
+
+/// Glance's and Nova's architecture names.
+fn glance_arch(debian: &str) -> &str {
+    match debian {
+        "amd64" => "x86_64",
+        "ppc64el" | "ppc64le" => "ppc64le",
+        other => other,
+    }
+}
+
+fn debian_version(release: &str) -> &str {
+    match release {
+        "bookworm" => "12",
+        "trixie" => "13",
+        "forky" => "14",
+        _ => "",
+    }
+}
+
+/// Checks the file and assembles the publish spec (no network yet).
+fn spec(
+    settings: &Settings,
+    image: &Path,
+    name: &str,
+    target: &Target,
+    info: Option<&ImageInfo>,
+    opts: &PublishOptions,
+) -> anyhow::Result<PublishSpec> {
+    let id = crate::image::identify(image).map_err(|e| {
+        if e.is_bad_input() { anyhow::Error::from(UsageError(e.to_string())) } else { e.into() }
+    })?;
+    if id.format != "qcow2" {
+        return Err(UsageError(format!(
+            "{}: is {}, not qcow2; convert it with `qemu-img convert -c -O qcow2` first",
+            image.display(),
+            id.format
+        ))
+        .into());
+    }
+    if let Some(b) = &id.backing_file {
+        return Err(UsageError(format!(
+            "{}: has a backing file ({b}); Glance refuses such images, so flatten it with `qemu-img convert` first",
+            image.display()
+        ))
+        .into());
+    }
+    let sha256 = match info.and_then(|i| i.sha256.clone()) {
+        Some(s) => s,
+        None => manifest::sha256_file(image)?,
+    };
+    let rules_file = settings.data_dir.join("datastores/validation-rules").join(format!("{}.json", target.db));
+    let parameters = if rules_file.is_file() { publish::read_rules(&rules_file)? } else { Vec::new() };
+    let release = target.release.as_deref().unwrap_or("");
+    let properties = publish::properties(&[
+        ("hw_rng_model", "virtio"),
+        ("os_type", "linux"),
+        ("os_distro", if release.is_empty() { "" } else { "debian" }),
+        ("os_version", debian_version(release)),
+        ("architecture", target.arch.as_deref().map(glance_arch).unwrap_or("")),
+        ("dbimage_database", &target.db),
+        ("dbimage_database_version", &target.version),
+        ("dbimage_source", target.source.as_deref().unwrap_or("")),
+        ("dbimage_version", env!("CARGO_PKG_VERSION")),
+    ]);
+    let visibility = match opts.visibility {
+        Visibility::Private => "private",
+        Visibility::Shared => "shared",
+        Visibility::Community => "community",
+        Visibility::Public => "public",
+    };
+    const GIB: u64 = 1 << 30;
+    Ok(PublishSpec {
+        file: image.to_path_buf(),
+        sha256,
+        image: NewImage {
+            name: name.to_string(),
+            visibility: visibility.into(),
+            tags: vec!["trove".into(), target.db.clone()],
+            properties,
+            min_disk_gb: id.virtual_size.div_ceil(GIB),
+        },
+        version: VersionSpec {
+            datastore: target.db.clone(),
+            name: target.version.clone(),
+            manager: target.manager.clone(),
+            image: String::new(),
+            packages: target.packages.clone(),
+        },
+        parameters,
+        keep_image: opts.keep_image,
+    })
+}
+
+fn report(spec: &PublishSpec, p: &Published) {
+    let image = if p.reused { "reused" } else { "uploaded" };
+    let version = match p.outcome {
+        Outcome::Created => "created",
+        Outcome::Updated => "updated",
+    };
+    println!("glance image {} ({image}): {}", spec.image.name, p.image_id);
+    println!(
+        "trove datastore {} version {} ({version}, default): {}",
+        spec.version.datastore, spec.version.name, p.version_id
+    );
+    if !spec.parameters.is_empty() {
+        println!(
+            "configuration parameters: {} rules, {} created, {} updated",
+            spec.parameters.len(),
+            p.parameters.0,
+            p.parameters.1
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_arches() {
+        assert_eq!(default_name(Path::new("images/pg-15-dib-2026-11-24.qcow2")).unwrap(), "pg-15-dib-2026-11-24");
+        assert_eq!(glance_arch("amd64"), "x86_64");
+        assert_eq!(glance_arch("ppc64le"), "ppc64le");
+        assert_eq!(debian_version("bookworm"), "12");
+    }
+}

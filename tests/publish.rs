@@ -1,0 +1,274 @@
+//! `dbimage publish` against the real local cloud (Keystone, Glance, Trove
+//! API, Nova API from PyPI on 127.0.0.1, started by scripts/test): uploads
+//! that come back byte for byte, datastore versions that stay single when
+//! published twice, and every failure path leaving nothing half-made.
+//!
+//! Tests that stop a service run one at a time (they share the cloud).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+use common::cloud::{Cloud, cloud, small_qcow2};
+
+/// Serialises the tests of this file: some stop Glance.
+static CLOUD_LOCK: Mutex<()> = Mutex::new(());
+
+fn lock() -> MutexGuard<'static, ()> {
+    CLOUD_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn publish(cloud: &Cloud, entry: &str, args: &[&str], image: &Path) -> Output {
+    let mut c = common::dbimage();
+    cloud.env(&mut c, entry);
+    c.arg("publish").arg(image).args(args);
+    common::run(c)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn versions_named(cloud: &Cloud, ds: &str, name: &str) -> Vec<serde_json::Value> {
+    cloud.datastore_versions(ds).into_iter().filter(|v| v["name"] == name).collect()
+}
+
+#[test]
+fn publish_uploads_registers_and_is_idempotent() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let a = small_qcow2(dir.path(), "a.qcow2", 1);
+    let args = ["-d", "postgresql", "-v", "90.1", "--name", "pub-test-a"];
+
+    let out = publish(&cloud, "dbimage-admin", &args, &a);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let imgs = cloud.images_named("pub-test-a");
+    assert_eq!(imgs.len(), 1, "{imgs:?}");
+    let img = &imgs[0];
+    assert_eq!(img["status"], "active");
+    assert_eq!(img["disk_format"], "qcow2");
+    assert_eq!(img["hw_rng_model"], "virtio");
+    let tags: Vec<&str> = img["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(tags.contains(&"trove") && tags.contains(&"postgresql"), "{tags:?}");
+    let id = img["id"].as_str().unwrap().to_string();
+    assert_eq!(cloud.download(&id), std::fs::read(&a).unwrap(), "Glance holds other bytes");
+
+    let v = versions_named(&cloud, "postgresql", "90.1");
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["image"], id.as_str());
+    let params = cloud.parameters(v[0]["id"].as_str().unwrap());
+    assert!(params.iter().any(|p| p["name"] == "max_connections"), "{params:?}");
+
+    // The same file again: nothing new in Glance or Trove.
+    let out = publish(&cloud, "dbimage-admin", &args, &a);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reused"));
+    assert_eq!(cloud.images_named("pub-test-a").len(), 1);
+    let again = versions_named(&cloud, "postgresql", "90.1");
+    assert_eq!((again.len(), &again[0]["id"]), (1, &v[0]["id"]));
+
+    // A new build of the same version: the version moves to the new image.
+    let b = small_qcow2(dir.path(), "b.qcow2", 2);
+    let out = publish(&cloud, "dbimage-admin", &["-d", "postgresql", "-v", "90.1", "--name", "pub-test-b"], &b);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new_id = cloud.images_named("pub-test-b")[0]["id"].as_str().unwrap().to_string();
+    let moved = versions_named(&cloud, "postgresql", "90.1");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["image"], new_id.as_str());
+    cloud.delete_image(&new_id);
+    cloud.delete_image(&id);
+}
+
+#[test]
+fn wrong_password_is_a_clear_auth_error() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let img = small_qcow2(dir.path(), "x.qcow2", 3);
+    // A copy of clouds.yaml whose admin password is wrong.
+    let text = std::fs::read_to_string(&cloud.clouds_yaml).unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let real = doc["clouds"]["dbimage-admin"]["auth"]["password"].as_str().unwrap().to_string();
+    let wrong = text.replace(&real, "not-the-password-123");
+    let yaml = dir.path().join("clouds.yaml");
+    std::fs::write(&yaml, wrong).unwrap();
+    let mut c = common::dbimage();
+    c.env("OS_CLIENT_CONFIG_FILE", &yaml).env("OS_CLOUD", "dbimage-admin").env_remove("OS_AUTH_URL");
+    c.arg("publish").arg(&img).args(["-d", "redis", "-v", "90.2", "--name", "pub-test-auth"]);
+    let out = common::run(c);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("authentication failed") && err.contains("HTTP 401"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(!err.contains("not-the-password-123"), "password leaked: {err}");
+    assert!(cloud.images_named("pub-test-auth").is_empty());
+}
+
+#[test]
+fn application_credentials_work() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let img = small_qcow2(dir.path(), "x.qcow2", 4);
+    let out = publish(&cloud, "dbimage-appcred", &["-d", "redis", "-v", "90.3", "--name", "pub-test-appcred"], &img);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let imgs = cloud.images_named("pub-test-appcred");
+    assert_eq!(imgs.len(), 1);
+    cloud.delete_image(imgs[0]["id"].as_str().unwrap());
+}
+
+#[test]
+fn unknown_region_is_reported_before_anything_is_made() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let img = small_qcow2(dir.path(), "x.qcow2", 5);
+    let out = publish(&cloud, "dbimage-admin", &["-d", "redis", "-v", "90.4", "--name", "pub-test-region", "--os-region-name", "Atlantis"], &img);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("region \"Atlantis\"") && err.contains("RegionOne"), "{err}");
+    assert!(cloud.images_named("pub-test-region").is_empty());
+}
+
+#[test]
+fn trove_refusal_deletes_the_image_unless_kept() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let img = small_qcow2(dir.path(), "x.qcow2", 6);
+    // A member (not admin) may upload to Glance, but Trove's management API refuses it.
+    let out = publish(&cloud, "dbimage-demo", &["-d", "redis", "-v", "90.5", "--name", "pub-test-refused"], &img);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("Trove refused"), "{err}");
+    assert!(cloud.images_named("pub-test-refused").is_empty(), "orphan image left in Glance");
+
+    let out = publish(&cloud, "dbimage-demo", &["-d", "redis", "-v", "90.5", "--name", "pub-test-kept", "--keep-image"], &img);
+    assert!(!out.status.success());
+    let kept = cloud.images_named("pub-test-kept");
+    assert_eq!(kept.len(), 1, "--keep-image should keep it");
+    cloud.delete_image(kept[0]["id"].as_str().unwrap());
+}
+
+#[test]
+fn glance_quota_413_leaves_no_image() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    // 4 MiB of data: over the `tiny` project's 1 MiB image_size_total.
+    let img = dir.path().join("big.qcow2");
+    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg("64M").status().unwrap();
+    assert!(st.success());
+    let st = Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 7 0 4M"]).arg(&img).stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(st.success());
+    let out = publish(&cloud, "dbimage-tiny", &["-d", "redis", "-v", "90.6", "--name", "pub-test-413"], &img);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("HTTP 413"), "{err}");
+    let tiny = Cloud::login(&cloud.dir, "dbimage-tiny");
+    assert!(tiny.images_named("pub-test-413").is_empty(), "half-made image left");
+}
+
+#[test]
+fn not_a_qcow2_is_refused_before_any_upload() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.qcow2");
+    std::fs::write(&junk, vec![0x42u8; 1 << 20]).unwrap();
+    let before = std::fs::read(&junk).unwrap();
+    let out = publish(&cloud, "dbimage-admin", &["-d", "redis", "-v", "90.7", "--name", "pub-test-junk"], &junk);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not qcow2"), "{}", stderr(&out));
+    assert!(cloud.images_named("pub-test-junk").is_empty());
+    assert_eq!(std::fs::read(&junk).unwrap(), before, "input changed");
+}
+
+#[test]
+fn glance_stopped_mid_upload_leaves_no_orphan() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    // ~1.5 GiB of incompressible data so the upload takes a while.
+    let raw = dir.path().join("big.raw");
+    let st = Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "count=1536", "status=none"])
+        .arg(format!("of={}", raw.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let img = dir.path().join("big.qcow2");
+    let st = Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&img).status().unwrap();
+    assert!(st.success());
+    std::fs::remove_file(&raw).unwrap();
+
+    let mut c = common::dbimage();
+    cloud.env(&mut c, "dbimage-admin");
+    c.arg("publish").arg(&img).args(["-d", "redis", "-v", "90.8", "--name", "pub-test-glance-down"]);
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    // Wait until the image record exists and data is flowing, then stop Glance.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let imgs = cloud.images_named("pub-test-glance-down");
+        if imgs.iter().any(|i| i["status"] == "saving") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    cloud.harness("stop", "glance");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    cloud.harness("start-service", "glance");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert!(!out.status.success());
+    assert!(err.contains("Glance"), "{err}");
+    let cloud = common::cloud::cloud();
+    assert!(cloud.images_named("pub-test-glance-down").is_empty(), "orphan image after Glance restart");
+}
+
+#[test]
+fn flavor_upload_creates_then_updates_nova_flavors() {
+    let _l = lock();
+    let cloud = cloud();
+    let overlay = tempfile::tempdir().unwrap();
+    let flavor = |args: &[&str]| {
+        let mut c = common::dbimage();
+        cloud.env(&mut c, "dbimage-admin");
+        c.env("DBIMAGE_CUSTOM_FLAVORS_DIR", overlay.path()).arg("flavor").args(args);
+        common::run(c)
+    };
+    let find = |name: &str| cloud.flavors().into_iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("no flavor {name}"));
+
+    let out = flavor(&["upload", "-d", "redis"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tiny = find("redis.tiny");
+    assert_eq!((tiny["vcpus"].as_u64(), tiny["ram"].as_u64(), tiny["disk"].as_u64()), (Some(2), Some(2048), Some(6)));
+    assert_eq!(tiny["OS-FLV-EXT-DATA:ephemeral"].as_u64(), Some(5));
+    assert_eq!(tiny["extra_specs"]["dbimage:backup_size_mb"], "10240");
+    assert_eq!(tiny["extra_specs"]["dbimage:database_disk_mb"], "5120");
+    let xl = find("redis.xlarge");
+    assert_eq!((xl["vcpus"].as_u64(), xl["ram"].as_u64(), xl["disk"].as_u64()), (Some(32), Some(32768), Some(10)));
+
+    // Again: nothing changes, not even the ids.
+    let ids: Vec<String> = ["tiny", "small", "medium", "large", "xlarge"].iter().map(|f| find(&format!("redis.{f}"))["id"].as_str().unwrap().to_string()).collect();
+    let out = flavor(&["upload", "-d", "redis"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("unchanged").count(), 5);
+    let again: Vec<String> = ["tiny", "small", "medium", "large", "xlarge"].iter().map(|f| find(&format!("redis.{f}"))["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, again);
+
+    // A change reaches Nova on the next upload.
+    assert!(flavor(&["change", "-d", "redis", "-f", "tiny", "-c", "4", "-b", "12345"]).status.success());
+    let out = flavor(&["upload", "-d", "redis"]);
+    assert!(out.status.success());
+    let tiny = find("redis.tiny");
+    assert_eq!(tiny["vcpus"].as_u64(), Some(4));
+    assert_eq!(tiny["extra_specs"]["dbimage:backup_size_mb"], "12345");
+    assert_eq!(cloud.flavors().iter().filter(|f| f["name"] == "redis.tiny").count(), 1);
+}
