@@ -28,9 +28,47 @@ fn build_and_boot(db: &str, version: &str, compression: &str) {
     boot_and_answer(&scratch, &image, db);
 }
 
+/// The whole job: build without -I, so the image is published to the
+/// local cloud, with the DBA key taken from a Nova keypair.
 #[test]
-fn postgresql_15_boots_and_answers_psql() {
-    build_and_boot("postgresql", "15", "zlib");
+fn postgresql_15_is_published_boots_and_answers_psql() {
+    require_root();
+    let cloud = common::cloud::cloud();
+    let scratch = Scratch::new();
+    let keydir = tempfile::tempdir().unwrap();
+    let key = keydir.path().join("dba");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "dba@e2e", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string();
+    cloud.create_keypair("e2e-dba", &public);
+
+    let (image, manifest, stdout) = make_image_with(
+        &scratch,
+        &["-d", "postgresql", "-v", "15", "-r", "bookworm", "-k", "e2e-dba"],
+        &[],
+        |c| cloud.env(c, "dbimage-admin"),
+    );
+    let name = manifest["name"].as_str().unwrap();
+    assert!(stdout.contains("glance image") && stdout.contains("trove datastore postgresql version 15"), "{stdout}");
+    let imgs = cloud.images_named(name);
+    assert_eq!(imgs.len(), 1, "{imgs:?}");
+    assert_eq!(imgs[0]["status"], "active");
+    assert_eq!(imgs[0]["dbimage_sha256"], manifest["sha256"]);
+    assert_eq!(imgs[0]["architecture"], "x86_64");
+    let id = imgs[0]["id"].as_str().unwrap();
+    let versions = cloud.datastore_versions("postgresql");
+    let v15: Vec<_> = versions.iter().filter(|v| v["name"] == "15").collect();
+    assert_eq!(v15.len(), 1, "{versions:?}");
+    assert_eq!(v15[0]["image"], id);
+    // The Nova keypair's public key is the DBA's authorized key.
+    let (keys, _) = debugfs_in_image(&image, "cat /home/debian/.ssh/authorized_keys");
+    assert!(keys.contains(&public), "authorized_keys: {keys}");
+    assert_eq!(manifest["authorized_key"], true);
+    boot_and_answer(&scratch, &image, "postgresql");
 }
 
 #[test]

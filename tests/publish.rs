@@ -113,7 +113,7 @@ fn application_credentials_work() {
     let cloud = cloud();
     let dir = tempfile::tempdir().unwrap();
     let img = small_qcow2(dir.path(), "x.qcow2", 4);
-    let out = publish(&cloud, "dbimage-appcred", &["-d", "redis", "-v", "90.3", "--name", "pub-test-appcred"], &img);
+    let out = publish(&cloud, "dbimage-appcred", &["-d", "mariadb", "-v", "90.3", "--name", "pub-test-appcred"], &img);
     assert!(out.status.success(), "{}", stderr(&out));
     let imgs = cloud.images_named("pub-test-appcred");
     assert_eq!(imgs.len(), 1);
@@ -134,22 +134,40 @@ fn unknown_region_is_reported_before_anything_is_made() {
 }
 
 #[test]
-fn trove_refusal_deletes_the_image_unless_kept() {
+fn non_admin_is_refused_before_any_upload() {
     let _l = lock();
     let cloud = cloud();
     let dir = tempfile::tempdir().unwrap();
     let img = small_qcow2(dir.path(), "x.qcow2", 6);
-    // A member (not admin) may upload to Glance, but Trove's management API refuses it.
-    let out = publish(&cloud, "dbimage-demo", &["-d", "redis", "-v", "90.5", "--name", "pub-test-refused"], &img);
+    // A member may upload to Glance, but Trove's management API is admin-only.
+    let out = publish(&cloud, "dbimage-demo", &["-d", "mariadb", "-v", "90.5", "--name", "pub-test-member"], &img);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("needs the admin role"), "{err}");
+    assert!(!err.contains("created Glance image"), "uploaded before asking Trove: {err}");
+    assert!(cloud.images_named("pub-test-member").is_empty());
+}
+
+#[test]
+fn trove_refusal_deletes_the_image_unless_kept() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let img = small_qcow2(dir.path(), "x.qcow2", 7);
+    // Trove 26 ships guest agent managers for MySQL, MariaDB and PostgreSQL
+    // only, and refuses a Redis version that names no registry extension:
+    // the refusal comes after the upload.
+    let out = publish(&cloud, "dbimage-admin", &["-d", "redis", "-v", "90.5", "--name", "pub-test-refused"], &img);
     let err = stderr(&out);
     assert!(!out.status.success());
-    assert!(err.contains("Trove refused"), "{err}");
+    assert!(err.contains("Trove refused") && err.contains("created Glance image"), "{err}");
     assert!(cloud.images_named("pub-test-refused").is_empty(), "orphan image left in Glance");
 
-    let out = publish(&cloud, "dbimage-demo", &["-d", "redis", "-v", "90.5", "--name", "pub-test-kept", "--keep-image"], &img);
+    let out = publish(&cloud, "dbimage-admin", &["-d", "redis", "-v", "90.5", "--name", "pub-test-kept", "--keep-image"], &img);
     assert!(!out.status.success());
     let kept = cloud.images_named("pub-test-kept");
     assert_eq!(kept.len(), 1, "--keep-image should keep it");
+    assert_eq!(kept[0]["status"], "active");
     cloud.delete_image(kept[0]["id"].as_str().unwrap());
 }
 

@@ -1,7 +1,6 @@
 //! Keystone v3: log in, keep the token, pick endpoints from the catalog.
 
-use reqwest::Method;
-use reqwest::blocking::Client;
+use reqwest::{Client, Method};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

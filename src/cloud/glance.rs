@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use md5::Md5;
 use reqwest::Method;
-use reqwest::blocking::Body;
+use bytes::Bytes;
+use reqwest::Body;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha512};
@@ -124,7 +125,9 @@ impl<'a> Glance<'a> {
     }
 
     /// Streams `path` into the image with a progress bar, returning the
-    /// digests of what was sent. Ctrl-C/SIGTERM abort the transfer.
+    /// digests of what was sent. A thread reads and hashes the file in 1 MiB
+    /// chunks while the previous ones are on the wire; at most a few chunks
+    /// are in memory. Ctrl-C/SIGTERM abort the transfer.
     pub fn upload(&self, id: &str, path: &Path) -> Result<Digests, CloudError> {
         let file = File::open(path)
             .map_err(|e| CloudError::Failed(format!("cannot open {}: {e}", path.display())))?;
@@ -137,24 +140,30 @@ impl<'a> Glance<'a> {
             ProgressStyle::with_template("  upload {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = HashingReader::new(BufReader::with_capacity(1 << 20, file), len, bar.clone(), tx);
+        let (chunks, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let reader = {
+            let bar = bar.clone();
+            std::thread::spawn(move || read_chunks(file, len, &bar, &chunks))
+        };
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
         let path_ = format!("/images/{id}/file");
+        // An explicit Content-Length: Glance checks quotas against it (a
+        // chunked upload would count as empty until it is too late).
         let req = self
             .svc
             .request(Method::PUT, &path_)
             .header("Content-Type", "application/octet-stream")
-            .body(Body::sized(reader, len));
+            .header("Content-Length", len)
+            .body(Body::wrap_stream(stream));
         let started = Instant::now();
         let result = self.svc.send(&Method::PUT, &path_, req);
         bar.finish_and_clear();
+        let digests = reader.join().map_err(|_| CloudError::Failed("the upload's reader thread panicked".into()))?;
         if crate::run::cancelled() {
             return Err(CloudError::Failed("upload interrupted by signal".into()));
         }
         result?;
-        let digests = rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| CloudError::Failed("upload finished but the file was not read to its end".into()))?;
+        let digests = digests.map_err(|e| CloudError::Failed(format!("reading {}: {e}", path.display())))?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         tracing::info!(
             "uploaded {} in {secs:.1} s ({}/s)",
@@ -234,54 +243,50 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// Hashes and counts bytes as the HTTP client reads them, and stops the
-/// transfer when a signal asks to. The digests are sent once `len` bytes
-/// have passed: the client stops reading at Content-Length, before EOF.
-struct HashingReader<R> {
-    inner: R,
+/// Reads `file` in chunks into `out`, hashing as it goes; stops early when
+/// the request is gone (the server answered already) or a signal arrives.
+/// Returns the digests once all `len` bytes were handed over.
+fn read_chunks(
+    mut file: File,
     len: u64,
-    md5: Md5,
-    sha512: Sha512,
-    size: u64,
-    bar: ProgressBar,
-    done: Option<std::sync::mpsc::Sender<Digests>>,
-}
-
-impl<R> HashingReader<R> {
-    fn new(inner: R, len: u64, bar: ProgressBar, done: std::sync::mpsc::Sender<Digests>) -> Self {
-        HashingReader { inner, len, md5: Md5::new(), sha512: Sha512::new(), size: 0, bar, done: Some(done) }
-    }
-
-    fn finish(&mut self) {
-        if let Some(tx) = self.done.take() {
-            let _ = tx.send(Digests {
-                md5: hex(&self.md5.clone().finalize()),
-                sha512: hex(&self.sha512.clone().finalize()),
-                size: self.size,
-            });
+    bar: &ProgressBar,
+    out: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> std::io::Result<Digests> {
+    const CHUNK: usize = 1 << 20;
+    let (mut md5, mut sha512, mut size) = (Md5::new(), Sha512::new(), 0u64);
+    while size < len {
+        if crate::run::cancelled() {
+            let _ = out.blocking_send(Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted by signal")));
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted by signal"));
+        }
+        let mut buf = vec![0u8; CHUNK.min((len - size) as usize)];
+        let n = match file.read(&mut buf) {
+            Ok(0) => {
+                let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank during the upload");
+                let _ = out.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                return Err(e);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = out.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                return Err(e);
+            }
+        };
+        buf.truncate(n);
+        md5.update(&buf);
+        sha512.update(&buf);
+        size += n as u64;
+        bar.set_position(size);
+        if out.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the server stopped reading"));
         }
     }
+    Ok(Digests { md5: hex(&md5.finalize()), sha512: hex(&sha512.finalize()), size })
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if crate::run::cancelled() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted by signal"));
-        }
-        let n = self.inner.read(buf)?;
-        self.md5.update(&buf[..n]);
-        self.sha512.update(&buf[..n]);
-        self.size += n as u64;
-        self.bar.set_position(self.size);
-        if n == 0 || self.size >= self.len {
-            self.finish();
-        }
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -290,15 +295,23 @@ mod tests {
 
     #[test]
     fn reader_hashes_what_it_passes_on() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut r = HashingReader::new(&b"abc"[..], 3, ProgressBar::hidden(), tx);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let d = read_chunks(File::open(&p).unwrap(), 3, &ProgressBar::hidden(), &tx).unwrap();
+        drop(tx);
         let mut out = Vec::new();
-        r.read_to_end(&mut out).unwrap();
+        while let Some(Ok(c)) = rx.blocking_recv() {
+            out.extend_from_slice(&c);
+        }
         assert_eq!(out, b"abc");
-        let d = rx.recv().unwrap();
         assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
         assert!(d.sha512.starts_with("ddaf35a193617aba"));
         assert_eq!(d.size, 3);
+        // A file shorter than announced is an error, not a short upload.
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        assert!(read_chunks(File::open(&p).unwrap(), 5, &ProgressBar::hidden(), &tx).is_err());
     }
 
     fn image(size: u64, md5: &str) -> Image {

@@ -1,11 +1,17 @@
 //! The HTTP layer: one reqwest client per cloud, JSON helpers that turn
 //! error statuses into [`CloudError`]s carrying the service's own message,
 //! and request logging without headers (the token lives there).
+//!
+//! The calls are synchronous for their callers but run on reqwest's async
+//! client inside one small runtime: reqwest's blocking client drops the
+//! response when the server answers before the request body is sent (Glance
+//! does, with 413 for a quota), so an upload error would lose its reason.
 
+use std::future::Future;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::{Method, StatusCode};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -17,12 +23,22 @@ use super::{CloudConfig, CloudError};
 /// the connection itself.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Runs `fut` to completion on the shared runtime. Build futures inside an
+/// `async` block: reqwest needs the runtime when a request is created.
+pub fn block_on<F: Future>(fut: F) -> Result<F::Output, CloudError> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().ok());
+    match rt {
+        Some(rt) => Ok(rt.block_on(fut)),
+        None => Err(CloudError::Failed("cannot start the HTTP runtime".into())),
+    }
+}
+
 /// Builds the client for one cloud: its CA bundle, verification setting and
 /// timeouts.
 pub fn client(cfg: &CloudConfig) -> Result<Client, CloudError> {
     let mut b = Client::builder()
         .connect_timeout(Duration::from_secs(15))
-        .timeout(None)
         .user_agent(concat!("dbimage/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &cfg.cacert {
         let pem = std::fs::read(ca).map_err(|e| {
@@ -125,13 +141,13 @@ impl<'a> Service<'a> {
 /// Sends a request and maps transport errors and error statuses.
 pub fn send(service: &str, method: &Method, url: &str, req: RequestBuilder) -> Result<Response, CloudError> {
     let started = Instant::now();
-    let resp = req.send().map_err(|e| connect_error(service, url, &e))?;
+    let resp = block_on(async move { req.send().await })?.map_err(|e| connect_error(service, url, &e))?;
     let status = resp.status();
     tracing::debug!(target: "http", "{method} {url} → {} in {} ms", status.as_u16(), started.elapsed().as_millis());
     if status.is_success() {
         return Ok(resp);
     }
-    let body = resp.text().unwrap_or_default();
+    let body = block_on(async move { resp.text().await })?.unwrap_or_default();
     Err(CloudError::Http {
         service: service.to_string(),
         method: method.to_string(),
@@ -143,8 +159,7 @@ pub fn send(service: &str, method: &Method, url: &str, req: RequestBuilder) -> R
 
 /// Decodes a JSON answer.
 pub fn json<T: DeserializeOwned>(service: &str, url: &str, resp: Response) -> Result<T, CloudError> {
-    let bytes = resp
-        .bytes()
+    let bytes = block_on(async move { resp.bytes().await })?
         .map_err(|e| CloudError::Failed(format!("{service}: reading the answer from {url}: {e}")))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         CloudError::Failed(format!(

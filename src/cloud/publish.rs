@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::glance::{self, Glance, NewImage};
-use super::trove::{self, Outcome, Parameter, Trove, VersionSpec};
+use super::trove::{self, Outcome, Parameter, ParameterSync, Trove, VersionSpec};
 use super::{CloudError, Session};
 
 /// Everything publishing needs, resolved beforehand.
@@ -39,8 +39,8 @@ pub struct Published {
     pub version_id: String,
     /// Whether the version was created or updated.
     pub outcome: Outcome,
-    /// Parameters created and updated.
-    pub parameters: (usize, usize),
+    /// What happened to the configuration parameters.
+    pub parameters: ParameterSync,
 }
 
 /// How long Glance gets to turn an uploaded image `active`.
@@ -51,9 +51,11 @@ const CLEANUP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Publishes `spec` through `session`.
 pub fn publish(session: &Session, spec: &PublishSpec) -> Result<Published, CloudError> {
-    // Both endpoints are looked up first: a missing Trove must not cost an upload.
+    // Trove is asked first: a missing service or missing admin rights must
+    // not cost an upload.
     let glance = Glance::new(session)?;
     let trove = Trove::new(session)?;
+    trove.versions()?;
     let reusable = glance.find_by_name(&spec.image.name)?.into_iter().find(|i| {
         i.status == "active" && i.property("dbimage_sha256") == Some(spec.sha256.as_str())
     });

@@ -112,9 +112,17 @@ impl<'a> Trove<'a> {
         Ok(Trove { svc })
     }
 
-    /// Every datastore version, active or not (admin only).
+    /// Every datastore version, active or not (admin only: the first call
+    /// of a publish, so that a non-admin fails before any upload).
     pub fn versions(&self) -> Result<Vec<DatastoreVersion>, CloudError> {
-        Ok(self.svc.get::<VersionList>("/mgmt/datastore-versions")?.versions)
+        match self.svc.get::<VersionList>("/mgmt/datastore-versions") {
+            Ok(list) => Ok(list.versions),
+            Err(CloudError::Http { status: status @ (401 | 403), message, .. }) => Err(CloudError::Config(format!(
+                "Trove's management API refused this user ({message}, HTTP {status}); registering datastore \
+                 versions needs the admin role: use an admin cloud entry"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     /// The version `name` of `datastore`, if any.
@@ -161,16 +169,22 @@ impl<'a> Trove<'a> {
     }
 
     /// Makes the version's configuration parameters match `rules`: missing
-    /// ones are created, changed ones updated, others left alone. Returns
-    /// (created, updated).
-    pub fn sync_parameters(&self, version_id: &str, rules: &[Parameter]) -> Result<(usize, usize), CloudError> {
+    /// ones are created, changed ones updated, others left alone. Trove's
+    /// API takes only integer and string rules (booleans and floats load
+    /// only through trove-manage), so those are skipped.
+    pub fn sync_parameters(&self, version_id: &str, rules: &[Parameter]) -> Result<ParameterSync, CloudError> {
         let base = format!("/mgmt/datastores/versions/{version_id}/parameters");
         let existing = self.svc.get::<ParameterList>(&base)?.parameters;
-        let (mut created, mut updated) = (0, 0);
+        let mut sync = ParameterSync::default();
         for rule in rules {
+            if !api_loadable(rule) {
+                sync.skipped += 1;
+                continue;
+            }
             let body = json!({ "configuration-parameter": {
                 "name": rule.name,
-                "restart_required": rule.restart_required,
+                // Trove's schema wants 0/1 here, not a JSON boolean.
+                "restart_required": u8::from(rule.restart_required),
                 "data_type": rule.data_type,
                 "min_size": rule.min,
                 "max_size": rule.max,
@@ -178,19 +192,37 @@ impl<'a> Trove<'a> {
             match existing.iter().find(|p| p.name == rule.name) {
                 None => {
                     self.svc.post::<_, serde_json::Value>(&base, &body)?;
-                    created += 1;
+                    sync.created += 1;
                 }
                 Some(p) if !same(p, rule) => {
                     let path = format!("{base}/{}", rule.name);
                     let req = self.svc.request(reqwest::Method::PUT, &path).json(&body);
                     self.svc.send(&reqwest::Method::PUT, &path, req)?;
-                    updated += 1;
+                    sync.updated += 1;
                 }
-                Some(_) => {}
+                Some(_) => sync.unchanged += 1,
             }
         }
-        Ok((created, updated))
+        Ok(sync)
     }
+}
+
+/// What [`Trove::sync_parameters`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParameterSync {
+    /// Rules added.
+    pub created: usize,
+    /// Rules changed.
+    pub updated: usize,
+    /// Rules already right.
+    pub unchanged: usize,
+    /// Boolean and float rules, which the API cannot load.
+    pub skipped: usize,
+}
+
+/// Whether Trove's management API accepts this rule's type.
+fn api_loadable(rule: &Parameter) -> bool {
+    matches!(rule.data_type.as_str(), "integer" | "string")
 }
 
 /// Whether the stored rule matches ours. Trove leaves zero bounds out of

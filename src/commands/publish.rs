@@ -234,12 +234,18 @@ fn report(spec: &PublishSpec, p: &Published) {
         spec.version.datastore, spec.version.name, p.version_id
     );
     if !spec.parameters.is_empty() {
+        let s = p.parameters;
         println!(
-            "configuration parameters: {} rules, {} created, {} updated",
-            spec.parameters.len(),
-            p.parameters.0,
-            p.parameters.1
+            "configuration parameters: {} created, {} updated, {} unchanged",
+            s.created, s.updated, s.unchanged
         );
+        if s.skipped > 0 {
+            println!(
+                "  {} boolean/float rules skipped: Trove's API loads only integer and string rules; \
+                 load the rest with trove-manage db_load_datastore_config_parameters",
+                s.skipped
+            );
+        }
     }
 }
 

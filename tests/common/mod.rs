@@ -178,9 +178,24 @@ pub fn make_image(
     args: &[&str],
     env: &[(&str, &Path)],
 ) -> (PathBuf, serde_json::Value) {
+    let (image, manifest, _) = make_image_with(scratch, args, env, |c| {
+        c.arg("-I");
+    });
+    (image, manifest)
+}
+
+/// [`make_image`] with the command adjusted by `adjust` (e.g. to publish
+/// instead of passing -I); also returns make's stdout.
+pub fn make_image_with(
+    scratch: &Scratch,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    adjust: impl FnOnce(&mut Command),
+) -> (PathBuf, serde_json::Value, String) {
     let _lock = build_lock();
     let mut c = scratch.cmd();
-    c.arg("make").args(args).arg("-I");
+    c.arg("make").args(args);
+    adjust(&mut c);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -207,7 +222,7 @@ pub fn make_image(
     );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    (image, manifest)
+    (image, manifest, stdout)
 }
 
 /// Boots the image with `dbimage test` and requires its database to answer.
