@@ -290,3 +290,90 @@ fn flavor_upload_creates_then_updates_nova_flavors() {
     assert_eq!(tiny["extra_specs"]["dbimage:backup_size_mb"], "12345");
     assert_eq!(cloud.flavors().iter().filter(|f| f["name"] == "redis.tiny").count(), 1);
 }
+
+/// A Keystone stand-in over TLS on 127.0.0.1 that refuses every login with
+/// Keystone's 401 body: enough to show whose certificate dbimage trusts.
+struct TlsKeystone {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsKeystone {
+    fn start(dir: &Path) -> (TlsKeystone, std::path::PathBuf) {
+        let ca = dir.join("ca.pem");
+        let run = |args: &[&str]| {
+            let st = Command::new("openssl").args(args).current_dir(dir).stderr(std::process::Stdio::null()).status().unwrap();
+            assert!(st.success(), "openssl {args:?}");
+        };
+        run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dbimage test CA"]);
+        run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]);
+        std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext"]);
+        let script = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        body = b'{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}'
+        self.send_response(401); self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+srv = http.server.HTTPServer(('127.0.0.1', 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('srv.pem', 'srv.key')
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        (TlsKeystone { child, port: line.trim().parse().unwrap() }, ca)
+    }
+}
+
+impl Drop for TlsKeystone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn tls_trusts_the_cacert_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ks, ca) = TlsKeystone::start(dir.path());
+    let img = small_qcow2(dir.path(), "x.qcow2", 9);
+    let attempt = |cacert: Option<&Path>| {
+        let mut c = common::dbimage();
+        c.env_remove("OS_CLOUD")
+            .env_remove("OS_CLIENT_CONFIG_FILE")
+            .env("OS_AUTH_URL", format!("https://127.0.0.1:{}/v3", ks.port))
+            .env("OS_USERNAME", "admin")
+            .env("OS_PASSWORD", "tls-secret-pw")
+            .env("OS_PROJECT_NAME", "admin")
+            .env("OS_USER_DOMAIN_NAME", "Default")
+            .env("OS_PROJECT_DOMAIN_NAME", "Default");
+        match cacert {
+            Some(p) => c.env("OS_CACERT", p),
+            None => c.env_remove("OS_CACERT"),
+        };
+        c.arg("publish").arg(&img).args(["-d", "redis", "-v", "90.9"]);
+        let out = common::run(c);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(!err.contains("tls-secret-pw"), "password leaked: {err}");
+        err
+    };
+    // The test CA is not in the system store: the handshake fails, and the
+    // message says how to fix it.
+    let err = attempt(None);
+    assert!(err.contains("cannot reach Keystone") && err.contains("cacert"), "{err}");
+    // With the CA, TLS succeeds and the server's own answer comes through.
+    let err = attempt(Some(&ca));
+    assert!(err.contains("authentication failed") && err.contains("HTTP 401"), "{err}");
+}
