@@ -37,6 +37,25 @@ fn unsupported_request_prints_the_table() {
     assert!(!scratch.work().exists());
 }
 
+/// Without -I a cloud is needed; its absence must be found before a build
+/// spends minutes, and a keypair name needs one too.
+#[test]
+fn publishing_without_a_cloud_fails_before_building() {
+    let scratch = Scratch::new();
+    for args in [&["make", "-d", "redis"][..], &["make", "-d", "redis", "-I", "-k", "my-keypair"][..]] {
+        let mut c = scratch.cmd();
+        c.env_remove("OS_CLOUD").env_remove("OS_AUTH_URL").env("OS_CLIENT_CONFIG_FILE", "/nonexistent/clouds.yaml");
+        c.args(args);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("no cloud configured") || err.contains("cloud keypairs need a configured cloud"), "{err}");
+        assert!(!scratch.work().exists(), "nothing was created");
+        assert!(scratch.outputs().is_empty());
+    }
+}
+
 #[test]
 fn failing_hook_stops_the_build_cleanly() {
     require_root();
