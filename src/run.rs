@@ -112,11 +112,11 @@ pub fn add_secret(secret: impl Into<String>) {
 /// Replaces every registered secret in `text` with `***`.
 pub fn redact(text: &str) -> String {
     let mut out = text.to_string();
-    if let Some(lock) = SECRETS.get() {
-        if let Ok(v) = lock.read() {
-            for s in v.iter() {
-                out = out.replace(s.as_str(), "***");
-            }
+    if let Some(lock) = SECRETS.get()
+        && let Ok(v) = lock.read()
+    {
+        for s in v.iter() {
+            out = out.replace(s.as_str(), "***");
         }
     }
     out

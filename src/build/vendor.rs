@@ -46,7 +46,7 @@ pub fn fetch_key(repo: &VendorRepo, data_dir: &Path, scratch: &Path) -> anyhow::
     if let Some(want) = &repo.fingerprint {
         let got = fingerprints(&key_file)?;
         let want = normalise(want);
-        if !got.iter().any(|f| *f == want) {
+        if !got.contains(&want) {
             bail!(
                 "the signing key for {} has fingerprint(s) {} but the catalog expects {want}; \
                  refusing to trust it",

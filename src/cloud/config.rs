@@ -143,8 +143,11 @@ fn search_paths(base: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf
     out
 }
 
+/// The `clouds:` mapping of a file, with the file's path.
+type CloudsFile = (PathBuf, serde_json::Map<String, Value>);
+
 /// Reads the first existing file of `paths` as a YAML mapping of clouds.
-fn read_clouds(paths: &[PathBuf]) -> Result<Option<(PathBuf, serde_json::Map<String, Value>)>, CloudError> {
+fn read_clouds(paths: &[PathBuf]) -> Result<Option<CloudsFile>, CloudError> {
     let Some(path) = paths.iter().find(|p| p.is_file()) else { return Ok(None) };
     let invalid = |msg: String| CloudError::Config(format!("{}: {msg}; fix the file", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;

@@ -27,13 +27,11 @@ pub struct NotPublished {
 pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
     // Log in before building: a wrong password should cost seconds, not a build.
-    let session = if args.dry_run || (args.image_only && !needs_keypair(&args)) {
-        None
-    } else if args.image_only && !publish::cloud_configured(&args.publish.cloud) {
-        None // read_key's own error names the problem
-    } else {
-        Some(publish::login(&args.publish.cloud)?)
-    };
+    // With -I, a cloud is used only for a keypair, and only if one is
+    // configured (without one, read_key's own error names the problem).
+    let skip_cloud = args.dry_run
+        || (args.image_only && (!needs_keypair(&args) || !publish::cloud_configured(&args.publish.cloud)));
+    let session = if skip_cloud { None } else { Some(publish::login(&args.publish.cloud)?) };
     if let (Some(session), Some(name)) = (&session, args.key.clone())
         && needs_keypair(&args)
     {
