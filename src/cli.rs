@@ -41,6 +41,49 @@ pub enum Command {
     Flavor(FlavorArgs),
     /// Upload an existing image to Glance and register its Trove datastore version.
     Publish(PublishArgs),
+    /// Re-open an existing image, patch it for another cloud, and publish it.
+    Upload(UploadArgs),
+}
+
+/// `dbimage upload`.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// Database the image holds.
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    pub db: String,
+    /// Its version (first two components count).
+    #[arg(short = 'v', long = "db-version", value_name = "VER")]
+    pub db_version: String,
+    /// The image is the vendor's community edition.
+    #[arg(short = 'c', long, conflicts_with = "enterprise")]
+    pub community: bool,
+    /// The image is the vendor's enterprise edition.
+    #[arg(short = 'e', long)]
+    pub enterprise: bool,
+    /// The image: a path, or a file name under images/.
+    #[arg(short = 'f', long = "file", value_name = "IMAGE")]
+    pub file: PathBuf,
+    /// Public SSH key for the user: a .pub file, the key, or a Nova keypair name.
+    #[arg(short = 'k', long = "key", value_name = "KEYPAIR")]
+    pub key: Option<String>,
+    /// A command run in a chroot of the image (proc, sys, dev mounted).
+    #[arg(short = 's', long = "script", value_name = "CMD")]
+    pub script: Option<String>,
+    /// The user that gets the key (default: the image's cloud user).
+    #[arg(short = 'b', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+    /// Output directory for the patched image (default: images/).
+    #[arg(short = 'o', long = "outdir", value_name = "DIR")]
+    pub outdir: Option<PathBuf>,
+    /// Replace an existing patched image of the same name.
+    #[arg(long)]
+    pub force: bool,
+    /// Write the patched image to the output directory and stop there.
+    #[arg(long)]
+    pub no_publish: bool,
+    /// How to publish.
+    #[command(flatten)]
+    pub publish: PublishOptions,
 }
 
 /// Which cloud to use (see clouds.yaml / OS_* in the README).

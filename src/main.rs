@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Flavor(args) => commands::flavor::run(args),
         Command::Publish(args) => commands::publish::run(args),
+        Command::Upload(args) => commands::upload::run(args),
     };
     commands::exit(result)
 }

@@ -60,6 +60,7 @@ struct File {
     security_skip: Option<Vec<String>>,
     source: Option<String>,
     custom_flavors_dir: Option<PathBuf>,
+    guest_agent: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Resolved settings.
@@ -87,6 +88,9 @@ pub struct Settings {
     /// Where `flavor change` keeps customized flavors, `<db>.yaml` each
     /// (`DBIMAGE_CUSTOM_FLAVORS_DIR`; default `<data_dir>/flavors/custom`).
     pub custom_flavors_dir: PathBuf,
+    /// Values for the Trove guest agent template (`dbimage upload`); they
+    /// may hold credentials and are never printed.
+    pub guest_agent: std::collections::BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -169,6 +173,7 @@ impl Settings {
             custom_flavors_dir: env_path("DBIMAGE_CUSTOM_FLAVORS_DIR")
                 .or(file.custom_flavors_dir)
                 .unwrap_or_else(|| data_dir.join("flavors").join("custom")),
+            guest_agent: file.guest_agent.unwrap_or_default(),
             data_dir,
         })
     }
@@ -257,6 +262,7 @@ mod tests {
             security_skip: skip.iter().map(|s| s.to_string()).collect(),
             source: String::new(),
             custom_flavors_dir: PathBuf::new(),
+            guest_agent: Default::default(),
         }
     }
 

@@ -388,7 +388,7 @@ pub fn is_keypair_name(value: &str) -> bool {
 }
 
 /// `-k`: a public key file, or the key itself.
-fn read_key(value: &str) -> anyhow::Result<String> {
+pub fn read_key(value: &str) -> anyhow::Result<String> {
     let path = Path::new(value);
     let key = if path.is_file() {
         std::fs::read_to_string(path)

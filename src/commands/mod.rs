@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod make;
 pub mod publish;
 pub mod test;
+pub mod upload;
 
 use std::process::ExitCode;
 

@@ -16,28 +16,49 @@ use crate::settings::Settings;
 /// Runs `dbimage publish`.
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    let info = match manifest::read_beside(&args.image) {
-        Ok(info) => Some(info),
-        Err(manifest::ManifestError::Missing { .. }) => None,
-        Err(e) => return Err(UsageError(e.to_string()).into()),
-    };
-    let target = Target::resolve(&settings, info.as_ref(), args.db.as_deref(), args.db_version.as_deref())?;
+    let info = read_manifest(&args.image)?;
     let name = match args.name {
         Some(n) => n,
         None => default_name(&args.image)?,
     };
-    let spec = spec(&settings, &args.image, &name, &target, info.as_ref(), &args.publish)?;
-    let session = login(&args.publish.cloud)?;
-    report(&spec, &publish::publish(&session, &spec)?);
-    Ok(())
+    publish_file(&settings, &args.image, &name, info.as_ref(), args.db.as_deref(), args.db_version.as_deref(), &args.publish)
 }
 
 /// Publishes an image `make` just built.
 pub fn after_make(settings: &Settings, image: &Path, opts: &PublishOptions) -> anyhow::Result<()> {
     let info = manifest::read_beside(image)?;
-    let target = Target::from_resolved(&info.datastore);
-    let spec = spec(settings, image, &info.name, &target, Some(&info), opts)?;
-    // A fresh login: the one made before the build may have expired.
+    publish_file(settings, image, &info.name, Some(&info), None, None, opts)
+}
+
+/// The manifest beside `image`, if there is one.
+pub fn read_manifest(image: &Path) -> anyhow::Result<Option<ImageInfo>> {
+    match manifest::read_beside(image) {
+        Ok(info) => Ok(Some(info)),
+        Err(manifest::ManifestError::Missing { .. }) => Ok(None),
+        Err(e) => Err(UsageError(e.to_string()).into()),
+    }
+}
+
+/// Checks that `-d`/`-v` and the manifest (when both exist) name the same
+/// datastore, before anything is done with the image.
+pub fn check_target(settings: &Settings, info: Option<&ImageInfo>, db: &str, version: &str) -> anyhow::Result<()> {
+    Target::resolve(settings, info, Some(db), Some(version)).map(drop)
+}
+
+/// Publishes `image` as Glance image `name`, registered as the datastore
+/// named by its manifest or by `db`/`version`. Logs in afresh: a session
+/// opened before a long build or patch may have expired.
+pub fn publish_file(
+    settings: &Settings,
+    image: &Path,
+    name: &str,
+    info: Option<&ImageInfo>,
+    db: Option<&str>,
+    version: Option<&str>,
+    opts: &PublishOptions,
+) -> anyhow::Result<()> {
+    let target = Target::resolve(settings, info, db, version)?;
+    let spec = spec(settings, image, name, &target, info, opts)?;
     let session = login(&opts.cloud)?;
     report(&spec, &publish::publish(&session, &spec)?);
     Ok(())

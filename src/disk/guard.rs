@@ -55,6 +55,16 @@ pub enum Undo {
         /// Where the original was moved, if it existed.
         backup: Option<PathBuf>,
     },
+    /// A daemon we started (qemu-storage-daemon exporting an image): ask it
+    /// to stop with SIGTERM, which flushes its writes, and wait for it.
+    StopDaemon {
+        /// Its pid.
+        pid: i32,
+        /// Its command name, checked first so a reused pid is left alone.
+        comm: String,
+        /// A FUSE mount it served, unmounted if it is still there.
+        mount: Option<PathBuf>,
+    },
 }
 
 impl Undo {
@@ -63,6 +73,10 @@ impl Undo {
         match self {
             Undo::Unmount { path } => unmount(path),
             Undo::DetachLoop { device } => detach_loop(device),
+            Undo::StopDaemon { pid, comm, mount } => {
+                stop_daemon(*pid, comm)?;
+                mount.as_deref().map_or(Ok(()), unmount)
+            }
             Undo::DeletePartitions { device } => {
                 if !device.exists() {
                     return Ok(());
@@ -199,6 +213,32 @@ fn detach_loop(device: &Path) -> Result<(), String> {
         }
     }
     dev.detach().map_err(|e| format!("detaching {}: {e}", device.display()))
+}
+
+/// SIGTERM to `pid` if it still runs `comm`, then waits up to a minute
+/// (a daemon flushing a large image takes a moment).
+fn stop_daemon(pid: i32, comm: &str) -> Result<(), String> {
+    // /proc/PID/stat is "pid (comm) state …"; a zombie ('Z') has exited.
+    let running = || {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+        let name = &stat[open + 1..close];
+        let state = stat[close + 1..].trim_start().chars().next();
+        !name.is_empty() && comm.starts_with(name) && state != Some('Z')
+    };
+    if !running() {
+        return Ok(());
+    }
+    let target = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM)
+        .map_err(|e| format!("stopping {comm} ({pid}): {e}"))?;
+    for _ in 0..600 {
+        if !running() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("{comm} ({pid}) did not stop within a minute of SIGTERM"))
 }
 
 fn libc_enxio() -> i32 {

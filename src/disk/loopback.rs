@@ -59,15 +59,31 @@ pub fn attach(td: &mut Teardown, image: &Path, count: usize) -> Result<AttachedD
     Ok(AttachedDisk { device, partitions })
 }
 
+/// Attaches `size` bytes of `file` from `offset` to a loop device of its
+/// own (one filesystem of a disk image, without partition nodes).
+pub fn attach_range(td: &mut Teardown, file: &Path, offset: u64, size: u64) -> Result<PathBuf, LoopError> {
+    let device = attach_free_with(file, |dev| dev.with().offset(offset).size_limit(size))?;
+    td.push(Undo::DetachLoop { device: device.clone() });
+    Ok(device)
+}
+
 /// Takes a free loop device; another process may grab the same one between
 /// "find free" and "attach", so that race is retried.
 fn attach_free(image: &Path) -> Result<PathBuf, LoopError> {
+    attach_free_with(image, |dev| dev.with().part_scan(false))
+}
+
+/// [`attach_free`] with the attach options chosen by `options`.
+fn attach_free_with(
+    image: &Path,
+    options: impl Fn(&LoopDevice) -> loopdev::AttachOptions<'_>,
+) -> Result<PathBuf, LoopError> {
     let err = |source| LoopError::Attach { image: image.to_path_buf(), source };
     let control = LoopControl::open().map_err(err)?;
     let mut last = None;
     for _ in 0..10 {
         let dev: LoopDevice = control.next_free().map_err(err)?;
-        match dev.with().part_scan(false).attach(image) {
+        match options(&dev).attach(image) {
             Ok(()) => {
                 let path = dev.path().ok_or_else(|| {
                     err(io::Error::other("attached loop device has no path"))

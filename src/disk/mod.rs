@@ -3,6 +3,7 @@
 
 pub mod binfmt;
 pub mod chroot;
+pub mod export;
 pub mod guard;
 pub mod layout;
 pub mod loopback;

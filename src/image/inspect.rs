@@ -247,6 +247,21 @@ pub fn inspect(image: &Path) -> Result<Report, ImageError> {
     Ok(report)
 }
 
+/// The partition holding the Linux root of the raw disk at `raw`, chosen
+/// by content (an ext filesystem with `/etc/os-release`), not position:
+/// our GPT layout, DIB's MBR one (root first), PReP before root, or a
+/// whole-disk filesystem. `image` names the disk in messages.
+pub fn locate_root(raw: &Path, image: &Path) -> Result<Partition, ImageError> {
+    let file = File::open(raw).map_err(|source| ImageError::Io { path: raw.to_path_buf(), source })?;
+    let layout = partitions::read_layout(&file, image)?;
+    let (number, _) = find_root(&file, &layout, image, &mut Vec::new())?;
+    layout
+        .partitions
+        .into_iter()
+        .find(|p| p.number == number)
+        .ok_or_else(|| ImageError::NoLinuxRoot { path: image.to_path_buf(), seen: format!("partition {number} vanished") })
+}
+
 /// The first ext partition with `/etc/os-release`, and its filesystem.
 fn find_root(
     file: &File,
@@ -652,6 +667,8 @@ pub struct PasswdEntry {
     pub name: String,
     /// uid.
     pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
     /// Home directory.
     pub home: String,
 }
@@ -668,6 +685,7 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
             Some(PasswdEntry {
                 name: f[0].into(),
                 uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
                 home: f[5].into(),
             })
         })
@@ -1156,6 +1174,7 @@ mod tests {
             [PasswdEntry {
                 name: "root".into(),
                 uid: 0,
+                gid: 0,
                 home: "/root".into()
             }]
         );

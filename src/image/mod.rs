@@ -8,6 +8,7 @@
 
 pub mod inspect;
 pub mod partitions;
+pub mod patch;
 
 use std::fs::File;
 use std::io::{self, Read};

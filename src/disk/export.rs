@@ -1,0 +1,67 @@
+//! A QCOW2 file seen as a raw disk, read-write, without converting it:
+//! qemu-storage-daemon exports it over FUSE onto a plain file that loop
+//! devices can attach to. Writes go into the QCOW2 itself (changed clusters
+//! only; untouched compressed clusters stay as they are), which is what
+//! makes patching an image cheap compared with a raw round trip.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::guard::{Teardown, Undo};
+use crate::run::{Cmd, RunError};
+
+/// Errors exporting an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The daemon could not be started or did not export.
+    #[error("exporting {image} with qemu-storage-daemon: {source}")]
+    Daemon {
+        /// The QCOW2 file.
+        image: PathBuf,
+        /// What failed.
+        source: RunError,
+    },
+    /// A file around the export could not be made or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Exports `qcow2` read-write as a raw disk at `raw` (created as an empty
+/// file first) until the teardown stack stops the daemon, which flushes.
+pub fn export_raw(td: &mut Teardown, qcow2: &Path, raw: &Path) -> Result<(), ExportError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ExportError::Io { path, source }
+    };
+    fs::write(raw, b"").map_err(io(raw))?;
+    td.push(Undo::RemoveFile { path: raw.to_path_buf() });
+    let pidfile = raw.with_extension("pid");
+    // Blockdev options are comma-separated: a comma in a path is doubled.
+    let esc = |p: &Path| p.display().to_string().replace(',', ",,");
+    // --daemonize returns once the export is mounted, so no polling.
+    Cmd::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!("driver=file,node-name=file,filename={}", esc(qcow2)))
+        .arg("--blockdev")
+        .arg("driver=qcow2,node-name=disk,file=file")
+        .arg("--export")
+        .arg(format!("type=fuse,id=raw,node-name=disk,mountpoint={},writable=on", esc(raw)))
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .arg("--daemonize")
+        .run()
+        .map_err(|source| ExportError::Daemon { image: qcow2.to_path_buf(), source })?;
+    let pid = fs::read_to_string(&pidfile).map_err(io(&pidfile))?;
+    let pid: i32 = pid.trim().parse().map_err(|_| ExportError::Io {
+        path: pidfile.clone(),
+        source: std::io::Error::other("not a pid"),
+    })?;
+    td.push(Undo::RemoveFile { path: pidfile });
+    td.push(Undo::StopDaemon { pid, comm: "qemu-storage-daemon".into(), mount: Some(raw.to_path_buf()) });
+    Ok(())
+}
