@@ -109,13 +109,19 @@ guest_agent:
   control_exchange: $control_exchange
   region: $region
 EOF
+# What elements/trove-guest-agent/templates/trove-guestagent.conf.j2 renders.
 cat > "$scratch/trove-guestagent.conf" <<EOF
+# Trove guest agent configuration for this cloud, written by dbimage.
+# Trove's task manager adds per-instance values (guest_info.conf) at boot.
 [DEFAULT]
 transport_url = $transport_url
 control_exchange = $control_exchange
+log_dir = /var/log/trove
+log_file = trove-guestagent.log
+os_region_name = $region
 
-[service_credentials]
-region_name = $region
+[oslo_messaging_rabbit]
+rabbit_ha_queues = false
 EOF
 
 have_upload=0

@@ -54,10 +54,14 @@ pub fn render_guest_agent(template: &Path, values: &BTreeMap<String, String>) ->
     let text = fs::read_to_string(template).map_err(|e| err(e.to_string()))?;
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
     env.add_template("guest-agent", &text).map_err(|e| err(e.to_string()))?;
     let tmpl = env.get_template("guest-agent").map_err(|e| err(e.to_string()))?;
-    tmpl.render(minijinja::context! { guest_agent => values }).map_err(|e| err(e.to_string()))
+    let mut out = tmpl.render(minijinja::context! { guest_agent => values }).map_err(|e| err(e.to_string()))?;
+    // Jinja drops the template's final newline.
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// Writes the rendered guest agent configuration (mode 0640: it holds
