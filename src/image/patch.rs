@@ -32,6 +32,10 @@ pub enum PatchError {
         /// Users with a home under /home.
         known: String,
     },
+    /// A path dbimage writes to is a symlink in the image: following it
+    /// would reach the host's files.
+    #[error("/{0} is a symbolic link in the image; refusing to write through it")]
+    Symlink(String),
     /// The guest agent template does not render with the settings' values.
     #[error("guest agent template {template}: {msg}; set the value under guest_agent in the settings file")]
     Template {
@@ -45,6 +49,25 @@ pub enum PatchError {
 fn io_err(root: &Path, path: &Path) -> impl FnOnce(io::Error) -> PatchError {
     let inside = format!("/{}", path.strip_prefix(root).unwrap_or(path).display());
     move |source| PatchError::Io { path: inside, source }
+}
+
+/// `root`/`rel`, checked so that no existing component below `root` is a
+/// symlink: the image is foreign data, and a link like `etc/ssh -> /etc/ssh`
+/// would otherwise make dbimage change the host.
+fn inside(root: &Path, rel: &str) -> Result<PathBuf, PatchError> {
+    let mut path = root.to_path_buf();
+    let mut shown = PathBuf::new();
+    for part in Path::new(rel).components() {
+        path.push(part);
+        shown.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => return Err(PatchError::Symlink(shown.display().to_string())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(root, &path)(e)),
+        }
+    }
+    Ok(path)
 }
 
 /// Renders the guest agent template with `values` (strict: a variable the
@@ -67,7 +90,7 @@ pub fn render_guest_agent(template: &Path, values: &BTreeMap<String, String>) ->
 /// Writes the rendered guest agent configuration (mode 0640: it holds
 /// credentials).
 pub fn write_guest_agent(root: &Path, rendered: &str) -> Result<String, PatchError> {
-    let path = root.join(GUEST_AGENT_CONF);
+    let path = inside(root, GUEST_AGENT_CONF)?;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err(root, dir))?;
     }
@@ -79,7 +102,7 @@ pub fn write_guest_agent(root: &Path, rendered: &str) -> Result<String, PatchErr
 /// Removes the SSH host keys (regenerated at first boot: clones must not
 /// share them) and empties machine-id (regenerated too).
 pub fn reset_identity(root: &Path) -> Result<Vec<String>, PatchError> {
-    let ssh = root.join("etc/ssh");
+    let ssh = inside(root, "etc/ssh")?;
     let mut removed = Vec::new();
     if let Ok(entries) = fs::read_dir(&ssh) {
         for e in entries.flatten() {
@@ -96,7 +119,7 @@ pub fn reset_identity(root: &Path) -> Result<Vec<String>, PatchError> {
     } else {
         format!("SSH host keys removed ({})", removed.join(", "))
     }];
-    let machine_id = root.join("etc/machine-id");
+    let machine_id = inside(root, "etc/machine-id")?;
     if machine_id.exists() {
         fs::write(&machine_id, b"").map_err(io_err(root, &machine_id))?;
         done.push("machine-id emptied".into());
@@ -106,15 +129,16 @@ pub fn reset_identity(root: &Path) -> Result<Vec<String>, PatchError> {
 
 /// The users of the image's /etc/passwd.
 fn users(root: &Path) -> Result<Vec<PasswdEntry>, PatchError> {
-    let passwd = root.join("etc/passwd");
+    let passwd = inside(root, "etc/passwd")?;
     Ok(parse_passwd(&fs::read_to_string(&passwd).map_err(io_err(root, &passwd))?))
 }
 
 /// The image's cloud user: the one its embedded manifest names, else the
 /// first user with a home under /home, else `debian`.
 pub fn default_user(root: &Path) -> String {
-    let from_manifest = fs::read(root.join(crate::build::manifest::EMBEDDED_PATH))
+    let from_manifest = inside(root, crate::build::manifest::EMBEDDED_PATH)
         .ok()
+        .and_then(|p| fs::read(p).ok())
         .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
         .and_then(|m| m.get("user").and_then(|u| u.as_str()).map(str::to_string));
     from_manifest
@@ -137,10 +161,10 @@ pub fn authorize_key(root: &Path, user: &str, key: &str) -> Result<String, Patch
         let known: Vec<&str> = all.iter().filter(|u| u.uid >= 1000 || u.uid == 0).map(|u| u.name.as_str()).collect();
         return Err(PatchError::NoSuchUser { user: user.into(), known: known.join(", ") });
     };
-    let home = root.join(u.home.trim_start_matches('/'));
-    let ssh = home.join(".ssh");
+    let home = u.home.trim_matches('/');
+    let ssh = inside(root, &format!("{home}/.ssh"))?;
     fs::create_dir_all(&ssh).map_err(io_err(root, &ssh))?;
-    let file = ssh.join("authorized_keys");
+    let file = inside(root, &format!("{home}/.ssh/authorized_keys"))?;
     fs::write(&file, format!("{}\n", key.trim())).map_err(io_err(root, &file))?;
     for (path, mode) in [(&ssh, 0o700), (&file, 0o600)] {
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(root, path))?;
@@ -187,6 +211,21 @@ mod tests {
         assert_eq!(fs::read_to_string(&f).unwrap(), "ssh-ed25519 AAAA dba@x\n");
         let err = authorize_key(t.path(), "nobody", "k").unwrap_err().to_string();
         assert!(err.contains("no user nobody") && err.contains("dba"), "{err}");
+    }
+
+    #[test]
+    fn symlinks_out_of_the_image_are_refused() {
+        let t = tree();
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("ssh_host_rsa_key"), "host's own").unwrap();
+        fs::remove_dir_all(t.path().join("etc/ssh")).unwrap();
+        std::os::unix::fs::symlink(host.path(), t.path().join("etc/ssh")).unwrap();
+        let err = reset_identity(t.path()).unwrap_err().to_string();
+        assert!(err.contains("/etc/ssh is a symbolic link"), "{err}");
+        assert!(host.path().join("ssh_host_rsa_key").exists(), "host file touched");
+        std::os::unix::fs::symlink(host.path(), t.path().join("home/dba/.ssh")).unwrap();
+        assert!(authorize_key(t.path(), "dba", "k").is_err());
+        assert!(!host.path().join("authorized_keys").exists());
     }
 
     #[test]
