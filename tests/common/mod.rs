@@ -117,19 +117,23 @@ fn nix_is_root() -> bool {
 /// a QCOW2 image without mounting: qemu-img to raw, dd the partition out.
 /// Returns debugfs's stdout and stderr.
 pub fn debugfs_in_image(image: &Path, request: &str) -> (String, String) {
+    debugfs_in_partition(image, Some(1), request)
+}
+
+/// [`debugfs_in_image`] on the partition at `index` of the table (0-based),
+/// or on the whole disk when `None` (a filesystem without a table).
+pub fn debugfs_in_partition(image: &Path, index: Option<usize>, request: &str) -> (String, String) {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let raw = to_raw(image, tmp.path());
-    let dump = Command::new("sfdisk")
-        .arg("--json")
-        .arg(&raw)
-        .output()
-        .unwrap();
-    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
-    let part = &table["partitiontable"]["partitions"][1];
-    let (start, size) = (
-        part["start"].as_u64().unwrap(),
-        part["size"].as_u64().unwrap(),
-    );
+    let (start, size) = match index {
+        Some(i) => {
+            let dump = Command::new("sfdisk").arg("--json").arg(&raw).output().unwrap();
+            let table: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+            let part = &table["partitiontable"]["partitions"][i];
+            (part["start"].as_u64().unwrap(), part["size"].as_u64().unwrap())
+        }
+        None => (0, std::fs::metadata(&raw).unwrap().len() / 512),
+    };
     let fs = tmp.path().join("root.ext4");
     let ok = Command::new("dd")
         .arg(format!("if={}", raw.display()))
