@@ -36,14 +36,7 @@ fn postgresql_15_is_published_boots_and_answers_psql() {
     let cloud = common::cloud::cloud();
     let scratch = Scratch::new();
     let keydir = tempfile::tempdir().unwrap();
-    let key = keydir.path().join("dba");
-    let st = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "dba@e2e", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string();
+    let public = ssh_keygen(&keydir.path().join("dba"), "dba@e2e");
     cloud.create_keypair("e2e-dba", &public);
 
     let (image, manifest, stdout) = make_image_with(
@@ -54,10 +47,10 @@ fn postgresql_15_is_published_boots_and_answers_psql() {
     );
     let name = manifest["name"].as_str().unwrap();
     assert!(stdout.contains("glance image") && stdout.contains("trove datastore postgresql version 15"), "{stdout}");
-    let imgs = cloud.images_named(name);
+    // Earlier runs against the same cloud may have left same-named images.
+    let imgs: Vec<_> = cloud.images_named(name).into_iter().filter(|i| i["dbimage_sha256"] == manifest["sha256"]).collect();
     assert_eq!(imgs.len(), 1, "{imgs:?}");
     assert_eq!(imgs[0]["status"], "active");
-    assert_eq!(imgs[0]["dbimage_sha256"], manifest["sha256"]);
     assert_eq!(imgs[0]["architecture"], "x86_64");
     let id = imgs[0]["id"].as_str().unwrap();
     let versions = cloud.datastore_versions("postgresql");
@@ -68,8 +61,47 @@ fn postgresql_15_is_published_boots_and_answers_psql() {
     let (keys, _) = debugfs_in_image(&image, "cat /home/debian/.ssh/authorized_keys");
     assert!(keys.contains(&public), "authorized_keys: {keys}");
     assert_eq!(manifest["authorized_key"], true);
-    boot_and_answer(&scratch, &image, "postgresql");
+
+    // The same image for "another cloud": its guest agent configuration,
+    // another DBA key, a package installed through apt in a chroot; then
+    // published again. The input must not change; the version moves.
+    let settings = keydir.path().join("settings.yaml");
+    std::fs::write(&settings, "guest_agent:\n  transport_url: \"rabbit://trove:e2e-rabbit-pw@192.0.2.20:5672/\"\n").unwrap();
+    let key2 = keydir.path().join("dba2");
+    let public2 = ssh_keygen(&key2, "dba2@e2e");
+    let mut c = scratch.cmd();
+    cloud.env(&mut c, "dbimage-admin");
+    c.env("DBIMAGE_SETTINGS", &settings);
+    c.args(["upload", "-d", "postgresql", "-v", "15", "-f"]).arg(&image).arg("-k").arg(key2.with_extension("pub"));
+    c.args(["-s", "apt-get update -qq && apt-get install -y -qq --no-install-recommends hello && hello"]);
+    let out = run(c);
+    assert!(out.status.success(), "upload failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Hello, world!"), "{stdout}");
+    assert!(!stdout.contains("e2e-rabbit-pw") && !String::from_utf8_lossy(&out.stderr).contains("e2e-rabbit-pw"));
+    scratch.assert_clean();
+    assert_eq!(Some(sha256(&image).as_str()), manifest["sha256"].as_str(), "the input changed");
+    let patched = scratch.out().join(format!("{name}-patched.qcow2"));
+    let (conf, _) = debugfs_in_image(&patched, "cat /etc/trove/conf.d/trove-guestagent.conf");
+    assert!(conf.contains("transport_url = rabbit://trove:e2e-rabbit-pw@192.0.2.20:5672/"), "{conf}");
+    let (keys, _) = debugfs_in_image(&patched, "cat /home/debian/.ssh/authorized_keys");
+    assert_eq!(keys.trim(), public2);
+    assert!(list_image_dir(&patched, "/usr/bin").contains(&"hello".to_string()));
+    assert!(!list_image_dir(&patched, "/etc/ssh").iter().any(|f| f.starts_with("ssh_host_")));
+    let patched_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(patched.with_extension("json")).unwrap()).unwrap();
+    let patched_id = cloud
+        .images_named(name)
+        .into_iter()
+        .find(|i| i["dbimage_sha256"] == patched_manifest["sha256"])
+        .expect("patched image in Glance");
+    let v15: Vec<_> = cloud.datastore_versions("postgresql").into_iter().filter(|v| v["name"] == "15").collect();
+    assert_eq!(v15.len(), 1);
+    assert_eq!(v15[0]["image"], patched_id["id"]);
+    // The patched image (and so everything make put in it) boots and answers.
+    boot_and_answer(&scratch, &patched, "postgresql");
 }
+
 
 #[test]
 fn mariadb_10_11_boots_and_answers_mariadb_client() {

@@ -71,11 +71,6 @@ fn disk(dir: &Path, name: &str, table: Option<&str>, offset_sectors: u64, tree: 
     q
 }
 
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum").arg(p).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split(' ').next().unwrap().to_string()
-}
-
 struct Fixture {
     scratch: Scratch,
     input: PathBuf,

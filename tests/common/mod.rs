@@ -156,6 +156,19 @@ pub fn debugfs_in_partition(image: &Path, index: Option<usize>, request: &str) -
     )
 }
 
+/// Makes an ed25519 key pair at `path` (+ `.pub`); returns the public key.
+pub fn ssh_keygen(path: &Path, comment: &str) -> String {
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path).status().unwrap();
+    assert!(st.success());
+    std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string()
+}
+
+/// sha256sum of a file.
+pub fn sha256(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split(' ').next().unwrap().to_string()
+}
+
 /// A sparse raw copy of `image` in `dir`.
 pub fn to_raw(image: &Path, dir: &Path) -> PathBuf {
     let raw = dir.join("disk.raw");
