@@ -242,3 +242,20 @@ fn sigint_during_the_script_cleans_up() {
     assert_eq!(status.code(), Some(130));
     f.assert_untouched(&before);
 }
+
+/// Without --no-publish, a failing -s must leave the cloud untouched too.
+#[test]
+fn failing_script_publishes_nothing() {
+    let cloud = common::cloud::cloud();
+    let (name, table, offset, _) = LAYOUTS[0];
+    let f = fixture(name, table, offset, true);
+    let before = sha256(&f.input);
+    let mut c = f.scratch.cmd();
+    cloud.env(&mut c, "dbimage-admin");
+    c.env("DBIMAGE_SETTINGS", &f.settings);
+    c.args(["upload", "-d", "redis", "-v", "7.0", "-s", "exit 4", "-f"]).arg(&f.input);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1));
+    f.assert_untouched(&before);
+    assert!(cloud.images_named(name).is_empty(), "something was published");
+}
