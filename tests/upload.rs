@@ -229,7 +229,7 @@ fn sigint_during_the_script_cleans_up() {
         let sleeping = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cwd_in_work = std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(&root));
-            cmd.starts_with(b"sleep\0120") && cwd_in_work
+            cmd.starts_with(b"sleep\x00120") && cwd_in_work
         });
         if sleeping {
             break;
