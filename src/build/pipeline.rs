@@ -113,6 +113,7 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
     };
     let apt_cache = plan.cache_dir.join("apt").join(format!("{}-{}", ds.release, arch.debian()));
     let (installed, origins) = steps.run("elements", || {
+        let _cache_lock = lock_apt_cache(&apt_cache)?;
         phases::copy_static(elements, &tree)?;
         let mark = phases::enter(&mut td, &phases, &tree, Some(&apt_cache))?;
         let pkg_mark = td.mark();
@@ -240,6 +241,40 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
 
 /// Puts the user's `-p` file where the chroot sees it: a .deb copied for
 /// apt, a tarball safely unpacked. Removed again before the disk is made.
+/// Takes apt's package cache of one release/architecture for the element
+/// phases. apt locks its archive directory and fails at once when another
+/// build holds it, so builds sharing the cache wait here for each other
+/// instead (polling, so that Ctrl-C still works while waiting).
+fn lock_apt_cache(cache: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = cache.with_extension("lock");
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut told = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                if !told {
+                    tracing::info!("waiting for another build using the package cache {}", cache.display());
+                    told = true;
+                }
+                run::check_cancelled()?;
+                std::thread::sleep(Duration::from_millis(500));
+                file = f;
+            }
+            Err((_, e)) => return Err(anyhow::anyhow!("locking {}: {e}", path.display())),
+        }
+    }
+}
+
 fn stage_package(td: &mut Teardown, install: &Install, tree: &Path) -> anyhow::Result<()> {
     let dir = Install::dir_in_tree(tree);
     match install {
@@ -271,4 +306,21 @@ fn run_setup_script(tree: &Path, env: &[(String, String)]) -> anyhow::Result<()>
         .run()
         .context("the package's setup.sh failed")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_cache_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("apt/bookworm-amd64");
+        let held = lock_apt_cache(&cache).unwrap();
+        // Another open file description cannot take it while it is held.
+        let other = fs::File::options().write(true).open(cache.with_extension("lock")).unwrap();
+        assert!(nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err());
+        drop(held);
+        assert!(lock_apt_cache(&cache).is_ok());
+    }
 }
