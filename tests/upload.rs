@@ -213,34 +213,61 @@ fn images_without_a_linux_root_or_broken_are_refused() {
     }
 }
 
+/// Starts `upload -s 'sleep 120'` and returns once the sleep runs in the
+/// image's chroot (everything is mounted, attached and exported then).
+fn start_sleeping_upload(f: &Fixture) -> std::process::Child {
+    let mut c = f.scratch.cmd();
+    c.env("DBIMAGE_SETTINGS", &f.settings).env_remove("OS_CLOUD").env_remove("OS_AUTH_URL");
+    c.args(["upload", "-d", "redis", "-v", "7.0", "--no-publish", "-s", "sleep 120", "-f"]).arg(&f.input);
+    let mut child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let work = f.scratch.work();
+    loop {
+        let sleeping = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let in_work = std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(&work));
+            cmd.starts_with(b"sleep\x00120") && in_work
+        });
+        if sleeping {
+            return child;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "upload ended before -s ran");
+        assert!(Instant::now() < deadline, "the -s command never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn sigint_during_the_script_cleans_up() {
     let (name, table, offset, _) = LAYOUTS[1];
     let f = fixture(name, table, offset, true);
     let before = sha256(&f.input);
-    let mut c = f.scratch.cmd();
-    c.env("DBIMAGE_SETTINGS", &f.settings).env_remove("OS_CLOUD").env_remove("OS_AUTH_URL");
-    c.args(["upload", "-d", "redis", "-v", "7.0", "--no-publish", "-s", "sleep 120", "-f"]).arg(&f.input);
-    let mut child = c.spawn().unwrap();
-    // Wait until the chroot's sleep runs, then Ctrl-C.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let root = f.scratch.work();
-    loop {
-        let sleeping = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cwd_in_work = std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(&root));
-            cmd.starts_with(b"sleep\x00120") && cwd_in_work
-        });
-        if sleeping {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the -s command never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut child = start_sleeping_upload(&f);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     f.assert_untouched(&before);
+}
+
+/// SIGKILL leaves the export, the loop device and the mounts; `dbimage
+/// cleanup` undoes them from the state file, ending with the daemon.
+#[test]
+fn cleanup_undoes_a_killed_upload() {
+    let (name, table, offset, _) = LAYOUTS[0];
+    let f = fixture(name, table, offset, true);
+    let before = sha256(&f.input);
+    let mut child = start_sleeping_upload(&f);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    assert!(!no_daemon_of(f.scratch.dir.path()), "SIGKILL should leave the export running");
+    let mut c = f.scratch.cmd();
+    c.arg("cleanup");
+    let out = run(c);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("undid"));
+    f.assert_untouched(&before);
+    // The temporary copy beside the destination is gone too.
+    assert!(list(&f.scratch.out()).is_empty());
 }
 
 /// Without --no-publish, a failing -s must leave the cloud untouched too.
