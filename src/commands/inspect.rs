@@ -7,18 +7,12 @@
 use anyhow::Context as _;
 use indicatif::HumanBytes;
 
-use super::UsageError;
 use crate::cli::{Format, InspectArgs};
 use crate::image::inspect::{self, DatabaseSource, Package, Report};
 
 /// Runs `dbimage inspect`.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let report = match inspect::inspect(&args.image) {
-        Ok(r) => r,
-        // A bad image is the user's to fix: exit 2, like a bad flag.
-        Err(e) if e.is_bad_input() => return Err(UsageError(e.to_string()).into()),
-        Err(e) => return Err(e.into()),
-    };
+    let report = inspect::inspect(&args.image)?;
     let out = match args.format {
         Format::Table => table(&report),
         Format::Json => {

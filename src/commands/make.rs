@@ -26,18 +26,9 @@ pub struct NotPublished {
 /// Runs `dbimage make`.
 pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    // Log in before building: a wrong password should cost seconds, not a build.
-    // With -I, a cloud is used only for a keypair, and only if one is
-    // configured (without one, read_key's own error names the problem).
-    let skip_cloud = args.dry_run
-        || (args.image_only && (!needs_keypair(&args) || !publish::cloud_configured(&args.publish.cloud)));
-    let session = if skip_cloud { None } else { Some(publish::login(&args.publish.cloud)?) };
-    if let (Some(session), Some(name)) = (&session, args.key.clone())
-        && needs_keypair(&args)
-    {
-        let key = crate::cloud::nova::Nova::new(session)?.keypair_public_key(&name)?;
-        tracing::info!("-k {name}: public key from Nova's keypair");
-        args.key = Some(key);
+    // A dry run stays offline.
+    if !args.dry_run {
+        args.key = publish::prepare_cloud(args.key.as_deref(), &args.publish.cloud, !args.image_only)?;
     }
     let (plan, elements) = Plan::new(&args, &settings)?;
     if args.dry_run {
@@ -69,11 +60,6 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
             .map_err(|error| NotPublished { image: outcome.image.display().to_string(), error })?;
     }
     Ok(())
-}
-
-/// Whether `-k` names a Nova keypair rather than a key file or a key.
-fn needs_keypair(args: &MakeArgs) -> bool {
-    args.key.as_deref().is_some_and(crate::build::plan::is_keypair_name)
 }
 
 /// The per-step timing table printed at the end of a build.

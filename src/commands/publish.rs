@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use crate::build::manifest::{self, ImageInfo};
+use crate::build::plan::is_keypair_name;
+use crate::cloud::nova::Nova;
 use crate::catalog::{Catalog, Resolved};
 use crate::cli::{CloudArgs, PublishArgs, PublishOptions, Visibility};
 use crate::cloud::glance::NewImage;
@@ -71,8 +73,29 @@ pub fn login(args: &CloudArgs) -> anyhow::Result<Session> {
     Ok(Session::login(&cfg)?)
 }
 
+/// Settles `-k` and the cloud before any long work. When publishing, logs
+/// in now: a wrong password costs seconds, not a build. A `-k` naming a
+/// Nova keypair is fetched when a cloud is configured (without one,
+/// `read_key`'s own error names the problem). Returns the `-k` value to use:
+/// the keypair's public key, or the value as given.
+pub fn prepare_cloud(key: Option<&str>, cloud: &CloudArgs, publishing: bool) -> anyhow::Result<Option<String>> {
+    let keypair = key.filter(|k| is_keypair_name(k) && cloud_configured(cloud));
+    if !publishing && keypair.is_none() {
+        return Ok(key.map(str::to_string));
+    }
+    let session = login(cloud)?;
+    match keypair {
+        Some(name) => {
+            let public = Nova::new(&session)?.keypair_public_key(name)?;
+            tracing::info!("-k {name}: public key from Nova's keypair");
+            Ok(Some(public))
+        }
+        None => Ok(key.map(str::to_string)),
+    }
+}
+
 /// Whether a cloud is configured at all (a name or OS_AUTH_URL is set).
-pub fn cloud_configured(args: &CloudArgs) -> bool {
+fn cloud_configured(args: &CloudArgs) -> bool {
     let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     args.os_cloud.is_some() || set("OS_CLOUD") || set("OS_AUTH_URL")
 }
@@ -178,9 +201,7 @@ fn spec(
     info: Option<&ImageInfo>,
     opts: &PublishOptions,
 ) -> anyhow::Result<PublishSpec> {
-    let id = crate::image::identify(image).map_err(|e| {
-        if e.is_bad_input() { anyhow::Error::from(UsageError(e.to_string())) } else { e.into() }
-    })?;
+    let id = crate::image::identify(image)?;
     if id.format != "qcow2" {
         return Err(UsageError(format!(
             "{}: is {}, not qcow2; convert it with `qemu-img convert -c -O qcow2` first",

@@ -14,14 +14,13 @@ use anyhow::Context;
 
 use crate::arch::Arch;
 use crate::build::manifest::{self, ImageInfo};
-use crate::build::plan::{is_keypair_name, read_key};
+use crate::build::plan::read_key;
 use crate::cli::UploadArgs;
-use crate::cloud::nova::Nova;
 use crate::commands::{UsageError, publish};
 use crate::disk::guard::{Teardown, Undo};
 use crate::disk::{binfmt, chroot, export, loopback, mount};
 use crate::elements::{self, Library};
-use crate::image::{self, ImageError, inspect, patch};
+use crate::image::{self, inspect, patch};
 use crate::run::check_cancelled;
 use crate::settings::Settings;
 
@@ -81,15 +80,11 @@ fn file_stem(path: &Path) -> anyhow::Result<String> {
         .ok_or_else(|| UsageError(format!("{}: cannot derive a name from this file name", path.display())).into())
 }
 
-fn bad_image(e: ImageError) -> anyhow::Error {
-    if e.is_bad_input() { UsageError(e.to_string()).into() } else { e.into() }
-}
-
 /// Checks every input and resolves keys, names and the guest agent
 /// configuration; nothing on the host changes.
 fn plan(args: &UploadArgs, settings: &Settings) -> anyhow::Result<Request> {
     let input = find_input(&args.file, &settings.images_dir)?;
-    let id = image::identify(&input).map_err(bad_image)?;
+    let id = image::identify(&input)?;
     if id.format != "qcow2" {
         return Err(UsageError(format!(
             "{}: is {}, not qcow2; convert it with `qemu-img convert -O qcow2` first",
@@ -137,20 +132,10 @@ fn plan(args: &UploadArgs, settings: &Settings) -> anyhow::Result<Request> {
         Some(patch::render_guest_agent(&template, &settings.guest_agent)?)
     };
 
-    let key = match args.key.as_deref() {
-        Some(name) if is_keypair_name(name) && publish::cloud_configured(&args.publish.cloud) => {
-            let session = publish::login(&args.publish.cloud)?;
-            let key = Nova::new(&session)?.keypair_public_key(name)?;
-            tracing::info!("-k {name}: public key from Nova's keypair");
-            Some(key)
-        }
-        Some(value) => Some(read_key(value)?),
-        None => None,
-    };
-    if !args.no_publish {
-        // Credentials are checked now, not after the patching.
-        publish::login(&args.publish.cloud)?;
-    }
+    let key = publish::prepare_cloud(args.key.as_deref(), &args.publish.cloud, !args.no_publish)?
+        .as_deref()
+        .map(read_key)
+        .transpose()?;
     Ok(Request { input, info, dest, guest_agent, key, user: args.user.clone(), script: args.script.clone() })
 }
 
@@ -181,7 +166,7 @@ fn patch_copy(req: &Request, settings: &Settings) -> anyhow::Result<Vec<String>>
     let raw = work.join("disk.raw");
     export::export_raw(&mut td, &tmp, &raw)?;
     check_cancelled()?;
-    let root_part = inspect::locate_root(&raw, &req.input).map_err(bad_image)?;
+    let root_part = inspect::locate_root(&raw, &req.input)?;
     let device = loopback::attach_range(&mut td, &raw, root_part.start, root_part.size)?;
     let root = work.join("root");
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -207,7 +192,8 @@ fn patch_copy(req: &Request, settings: &Settings) -> anyhow::Result<Vec<String>>
     check_cancelled()?;
 
     // The patched copy must still be a sound image before it replaces anything.
-    image::identify(&tmp).context("the patched copy fails qemu-img check")?;
+    // Our failure, not the user's input: a plain error, not exit code 2.
+    image::identify(&tmp).map_err(|e| anyhow::anyhow!("the patched copy fails qemu-img check: {e}"))?;
     fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
     let sha256 = manifest::sha256_file(&tmp)?;
     let manifest_text = patched_manifest(req, &sha256, &done)?;
