@@ -43,6 +43,57 @@ pub enum Command {
     Publish(PublishArgs),
     /// Re-open an existing image, patch it for another cloud, and publish it.
     Upload(UploadArgs),
+    /// Run a playbook against a host over SSH, or trust a host's SSH key.
+    Playbook(PlaybookArgs),
+}
+
+/// `dbimage playbook`.
+#[derive(Debug, Args)]
+pub struct PlaybookArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: PlaybookCommand,
+}
+
+/// The `playbook` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PlaybookCommand {
+    /// Run the tasks of a playbook file against one host.
+    Run(PlaybookRunArgs),
+    /// Add a host's SSH host keys to dbimage's known_hosts (after showing them).
+    Trust(PlaybookTrustArgs),
+}
+
+/// `dbimage playbook run`.
+#[derive(Debug, Args)]
+pub struct PlaybookRunArgs {
+    /// The playbook: a path, or a name under playbooks/ (with or without .yaml).
+    pub file: PathBuf,
+    /// The host: `dibvm`, `controller` (from the settings), or `[USER@]ADDRESS`.
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    /// SSH port (default: the settings', else 22).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Private key file (default: the settings', else ssh's own).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// A variable for the playbook (repeatable).
+    #[arg(short = 'e', long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+    /// A variable whose value is redacted from every log line (repeatable).
+    #[arg(long = "secret", value_name = "KEY=VALUE")]
+    pub secrets: Vec<String>,
+}
+
+/// `dbimage playbook trust`.
+#[derive(Debug, Args)]
+pub struct PlaybookTrustArgs {
+    /// The host: `dibvm`, `controller` (from the settings), or an address.
+    pub host: String,
+    /// SSH port (default: the settings', else 22).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
 }
 
 /// `dbimage upload`.
@@ -206,6 +257,10 @@ pub struct MakeArgs {
     /// Print the resolved plan and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write this file as the Trove guest agent's configuration (instead of
+    /// the controller's or the settings' values).
+    #[arg(long, value_name = "FILE")]
+    pub guest_agent_config: Option<PathBuf>,
     /// How to publish (without -I).
     #[command(flatten)]
     pub publish: PublishOptions,

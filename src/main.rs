@@ -2,6 +2,7 @@
 //! modules; this file only wires them together.
 
 mod arch;
+mod atomic;
 mod boot;
 mod build;
 mod catalog;
@@ -12,7 +13,9 @@ mod disk;
 mod elements;
 mod image;
 mod logging;
+mod remote;
 mod run;
+mod runtime;
 mod settings;
 
 use std::process::ExitCode;
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Flavor(args) => commands::flavor::run(args),
         Command::Publish(args) => commands::publish::run(args),
         Command::Upload(args) => commands::upload::run(args),
+        Command::Playbook(args) => commands::playbook::run(args),
     };
     commands::exit(result)
 }

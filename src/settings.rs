@@ -27,6 +27,9 @@ pub enum SettingsError {
          directory or set DBIMAGE_DATA_DIR"
     )]
     NoDataDir,
+    /// An environment variable has a value dbimage cannot use.
+    #[error("{0}")]
+    Env(String),
     /// A `security_skip` entry is not `release/arch`.
     #[error(
         "security_skip entry {entry:?} (from {from}) is not release/arch, e.g. bookworm/ppc64el; \
@@ -61,7 +64,64 @@ struct File {
     source: Option<String>,
     custom_flavors_dir: Option<PathBuf>,
     guest_agent: Option<std::collections::BTreeMap<String, String>>,
+    dibvm: Option<HostFile>,
+    controller: Option<ControllerFile>,
+    known_hosts: Option<PathBuf>,
 }
+
+/// A remote host's SSH settings in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    host: Option<String>,
+    user: Option<String>,
+    port: Option<u16>,
+    key: Option<PathBuf>,
+    sudo: Option<bool>,
+    connect_timeout: Option<u64>,
+}
+
+/// The controller's section: its SSH settings and where its files are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControllerFile {
+    #[serde(flatten)]
+    ssh: HostFile,
+    guest_agent_conf: Option<String>,
+    public_key: Option<String>,
+}
+
+/// How to reach a remote host over SSH (the build VM or the controller).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteHost {
+    /// Address or name; for the build VM `-i` gives it.
+    pub host: Option<String>,
+    /// Login user (default: ssh's own default).
+    pub user: Option<String>,
+    /// SSH port (default 22).
+    pub port: Option<u16>,
+    /// Private key file (default: ssh's own keys and agent).
+    pub key: Option<PathBuf>,
+    /// Whether tasks marked `become` run through `sudo -n` (ignored for root).
+    pub sudo: bool,
+    /// Seconds to wait for the connection.
+    pub connect_timeout: u64,
+}
+
+/// The Trove controller that guest images are built for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// How to reach it; `host` is always set.
+    pub ssh: RemoteHost,
+    /// The guest agent configuration file on the controller.
+    pub guest_agent_conf: String,
+    /// A public key on the controller to authorize in images, if any.
+    pub public_key: Option<String>,
+}
+
+/// Where the original looked for the guest agent configuration: the one
+/// Trove's task manager hands to new guests.
+const DEFAULT_GUEST_AGENT_CONF: &str = "/etc/trove/trove-guestagent.conf";
 
 /// Resolved settings.
 #[derive(Debug, Clone)]
@@ -91,6 +151,13 @@ pub struct Settings {
     /// Values for the Trove guest agent template (`dbimage upload`); they
     /// may hold credentials and are never printed.
     pub guest_agent: std::collections::BTreeMap<String, String>,
+    /// SSH settings for the remote build VM (`make -i`).
+    pub dibvm: RemoteHost,
+    /// The Trove controller, when one is configured.
+    pub controller: Option<Controller>,
+    /// The known_hosts file dbimage keeps for its remote hosts
+    /// (`DBIMAGE_KNOWN_HOSTS`; default `~/.config/dbimage/known_hosts`).
+    pub known_hosts: PathBuf,
 }
 
 impl Settings {
@@ -174,6 +241,13 @@ impl Settings {
                 .or(file.custom_flavors_dir)
                 .unwrap_or_else(|| data_dir.join("flavors").join("custom")),
             guest_agent: file.guest_agent.unwrap_or_default(),
+            dibvm: remote_host(file.dibvm.unwrap_or_default(), "DIB")?,
+            controller: controller(file.controller)?,
+            known_hosts: env_path("DBIMAGE_KNOWN_HOSTS")
+                .or(file.known_hosts)
+                .unwrap_or_else(|| {
+                    env_path("HOME").unwrap_or_else(|| PathBuf::from("/root")).join(".config/dbimage/known_hosts")
+                }),
             data_dir,
         })
     }
@@ -204,6 +278,52 @@ fn parse_skip(entry: &str) -> Option<(&str, Option<Arch>)> {
         Some(arch.parse::<Arch>().ok()?)
     };
     Some((release, arch))
+}
+
+/// Applies the original's environment variables (`DBIMAGE_<prefix>_*`) to a
+/// host's file settings. Passwords are refused: dbimage logs in with keys only.
+fn remote_host(file: HostFile, prefix: &str) -> Result<RemoteHost, SettingsError> {
+    if env_str(&format!("DBIMAGE_{prefix}_PASSWD")).is_some() {
+        return Err(SettingsError::Env(format!(
+            "DBIMAGE_{prefix}_PASSWD is set, but dbimage logs in with SSH keys only; unset it and set \
+             DBIMAGE_{prefix}_PRIVATE_SSH_KEY (or use ssh-agent)"
+        )));
+    }
+    let port = match env_str(&format!("DBIMAGE_{prefix}_PORT")) {
+        Some(p) => Some(p.parse::<u16>().map_err(|_| {
+            SettingsError::Env(format!("DBIMAGE_{prefix}_PORT={p:?} is not a port number"))
+        })?),
+        None => file.port,
+    };
+    let sudo = match env_str(&format!("DBIMAGE_{prefix}_SUDO")) {
+        Some(v) => !matches!(v.as_str(), "0" | "no" | "false" | "off"),
+        None => file.sudo.unwrap_or(true),
+    };
+    Ok(RemoteHost {
+        host: file.host,
+        user: env_str(&format!("DBIMAGE_{prefix}_USER")).or(file.user),
+        port,
+        key: env_path(&format!("DBIMAGE_{prefix}_PRIVATE_SSH_KEY")).or(file.key),
+        sudo,
+        connect_timeout: file.connect_timeout.unwrap_or(15),
+    })
+}
+
+/// The controller section with its environment aliases; `None` when no host is set.
+fn controller(file: Option<ControllerFile>) -> Result<Option<Controller>, SettingsError> {
+    let file = file.unwrap_or_default();
+    let mut ssh = remote_host(file.ssh, "CTRL")?;
+    ssh.host = env_str("DBIMAGE_CONTROLLER_IP").or_else(|| env_str("DBIMAGE_CONTROLLER")).or(ssh.host);
+    if ssh.host.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Controller {
+        ssh,
+        guest_agent_conf: env_str("DBIMAGE_CTRL_GUEST_AGENT_CONF")
+            .or(file.guest_agent_conf)
+            .unwrap_or_else(|| DEFAULT_GUEST_AGENT_CONF.into()),
+        public_key: env_str("DBIMAGE_CTRL_PUBLIC_KEY").or(file.public_key),
+    }))
 }
 
 fn env_str(key: &str) -> Option<String> {
@@ -263,6 +383,9 @@ mod tests {
             source: String::new(),
             custom_flavors_dir: PathBuf::new(),
             guest_agent: Default::default(),
+            dibvm: Default::default(),
+            controller: None,
+            known_hosts: PathBuf::new(),
         }
     }
 

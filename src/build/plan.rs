@@ -177,21 +177,25 @@ fn ser_compression<S: serde::Serializer>(c: &Compression, s: S) -> Result<S::Ok,
 }
 
 impl Plan {
+    /// Adds a public key (the controller's) to the ones the user gets.
+    pub fn add_ssh_key(&mut self, key: &str) {
+        let keys = match self.ssh_key.take() {
+            Some(k) => format!("{k}\n{}", key.trim()),
+            None => key.trim().to_string(),
+        };
+        self.env.insert("DIB_DBIMAGE_SSH_KEY".into(), keys.clone());
+        self.ssh_key = Some(keys);
+    }
+
     /// Resolves `args` against the settings, catalog and elements.
     pub fn new(args: &MakeArgs, settings: &Settings) -> anyhow::Result<(Plan, Vec<Element>)> {
-        if args.dibvm.is_some() {
-            return Err(UsageError(
-                "-i (remote build VM) is not supported yet; run the build on the build VM itself"
-                    .into(),
-            )
-            .into());
-        }
         let host = Arch::host();
         let arch = args.arch.or(host).ok_or_else(|| {
             UsageError("cannot tell this host's architecture; pass -a amd64 or -a ppc64le".into())
         })?;
         let emulated = host != Some(arch);
-        if emulated {
+        // A remote build VM checks its own emulation.
+        if emulated && args.dibvm.is_none() {
             check_binfmt(arch)?;
         }
         let source = if args.community {
@@ -398,12 +402,14 @@ pub fn read_key(value: &str) -> anyhow::Result<String> {
     } else {
         value.trim().to_string()
     };
-    if key.lines().count() == 1 && looks_like_key(&key) {
-        return Ok(key);
+    // A file may hold several keys, as an authorized_keys file does.
+    let lines: Vec<&str> = key.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if !lines.is_empty() && lines.iter().all(|l| looks_like_key(l)) && (lines.len() == 1 || path.is_file()) {
+        return Ok(lines.join("\n"));
     }
     if path.is_file() {
         Err(UsageError(format!(
-            "-k {value}: the file is not an OpenSSH public key (one line, 'ssh-ed25519 AAAA…'); pass the .pub file"
+            "-k {value}: the file is not an OpenSSH public key (one per line, 'ssh-ed25519 AAAA…'); pass the .pub file"
         ))
         .into())
     } else {
@@ -468,6 +474,9 @@ mod tests {
         let f = dir.path().join("id.pub");
         std::fs::write(&f, "ssh-rsa AAAAB3 me\n").unwrap();
         assert_eq!(read_key(f.to_str().unwrap()).unwrap(), "ssh-rsa AAAAB3 me");
+        std::fs::write(&f, "ssh-rsa AAAAB3 me\n\nssh-ed25519 AAAAC3 ctl\n").unwrap();
+        assert_eq!(read_key(f.to_str().unwrap()).unwrap(), "ssh-rsa AAAAB3 me\nssh-ed25519 AAAAC3 ctl");
+        assert!(read_key("ssh-rsa AAAAB3 me\nssh-rsa AAAAB3 you").is_err(), "several keys only from a file");
         std::fs::write(&f, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
         assert!(read_key(f.to_str().unwrap()).is_err());
         assert!(check_user_name("debian").is_ok());

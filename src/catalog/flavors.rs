@@ -9,10 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write as _;
 use std::marker::PhantomData;
 use std::ops::RangeInclusive;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -408,17 +406,8 @@ impl FlavorTable {
              # predefined flavors/{}.yaml; -1 for an attribute restores its default.\n{yaml}",
             self.db, self.db
         );
-        let dir = self.overlay.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(write_err)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
-        tmp.write_all(text.as_bytes()).map_err(write_err)?;
-        // The temporary file is private (0600); the overlay is not secret
-        // and `flavor show` may run as another user.
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(write_err)?;
-        tmp.as_file().sync_all().map_err(write_err)?;
-        tmp.persist(&self.overlay).map_err(|e| write_err(e.error))?;
+        // Not secret, and `flavor show` may run as another user.
+        crate::atomic::write_file(&self.overlay, text.as_bytes(), 0o644).map_err(write_err)?;
         Ok(Saved::Written)
     }
 

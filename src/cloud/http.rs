@@ -8,7 +8,6 @@
 //! does, with 413 for a quota), so an upload error would lose its reason.
 
 use std::future::Future;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
@@ -23,15 +22,9 @@ use super::{CloudConfig, CloudError};
 /// the connection itself.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Runs `fut` to completion on the shared runtime. Build futures inside an
-/// `async` block: reqwest needs the runtime when a request is created.
+/// Runs `fut` on the shared runtime (see [`crate::runtime`]).
 pub fn block_on<F: Future>(fut: F) -> Result<F::Output, CloudError> {
-    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    let rt = RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().ok());
-    match rt {
-        Some(rt) => Ok(rt.block_on(fut)),
-        None => Err(CloudError::Failed("cannot start the HTTP runtime".into())),
-    }
+    crate::runtime::block_on(fut).map_err(|e| CloudError::Failed(format!("{e}")))
 }
 
 /// Builds the client for one cloud: its CA bundle, verification setting and

@@ -7,7 +7,9 @@ use indicatif::HumanBytes;
 use crate::build::pipeline;
 use crate::build::plan::Plan;
 use crate::cli::MakeArgs;
-use crate::commands::publish;
+use crate::commands::{UsageError, publish};
+use crate::remote::build::{BuildVm, Request};
+use crate::remote::controller;
 use crate::settings::Settings;
 
 /// Exit code: the image was built but publishing it failed.
@@ -30,7 +32,28 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
     if !args.dry_run {
         args.key = publish::prepare_cloud(args.key.as_deref(), &args.publish.cloud, !args.image_only)?;
     }
-    let (plan, elements) = Plan::new(&args, &settings)?;
+    // Everything remote is read before building: a wrong host fails in seconds.
+    let given_conf = args.guest_agent_config.as_deref().map(read_guest_agent_config).transpose()?;
+    let controller = match (&given_conf, args.dry_run) {
+        (None, false) => controller::fetch(&settings)?,
+        _ => None,
+    };
+    let vm = match &args.dibvm {
+        Some(host) if !args.dry_run => Some(BuildVm::connect(host, &settings)?),
+        _ => None,
+    };
+    if let Some(vm) = &vm
+        && args.arch.is_none()
+    {
+        args.arch = Some(vm.arch.ok_or_else(|| {
+            UsageError("cannot tell the build VM's architecture from uname -m; pass -a amd64 or -a ppc64le".into())
+        })?);
+    }
+    let (mut plan, elements) = Plan::new(&args, &settings)?;
+    if let Some(key) = controller.as_ref().and_then(|c| c.public_key.as_deref()) {
+        plan.add_ssh_key(key);
+    }
+    let guest_agent_conf = given_conf.or_else(|| controller.map(|c| c.guest_agent_conf));
     if args.dry_run {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
@@ -51,15 +74,39 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
         plan.datastore.release,
         plan.request.arch
     );
-    let outcome = pipeline::build(&plan, &elements)?;
-    eprintln!("{}", timing_table(&outcome.timings));
-    println!("{} ({})", outcome.image.display(), HumanBytes(outcome.size));
-    println!("{}", outcome.manifest.display());
+    let image = match vm {
+        Some(vm) => {
+            let req = Request { plan: &plan, keys: plan.ssh_key.as_deref(), guest_agent_conf: guest_agent_conf.as_deref() };
+            let image = vm.build(&args, &settings, &req)?;
+            let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+            println!("{} ({})", image.display(), HumanBytes(size));
+            println!("{}", crate::build::manifest::path_beside(&image).display());
+            image
+        }
+        None => {
+            let outcome = pipeline::build(&plan, &elements)?;
+            eprintln!("{}", timing_table(&outcome.timings));
+            println!("{} ({})", outcome.image.display(), HumanBytes(outcome.size));
+            println!("{}", outcome.manifest.display());
+            outcome.image
+        }
+    };
     if plan.publish {
-        publish::after_make(&settings, &outcome.image, &args.publish)
-            .map_err(|error| NotPublished { image: outcome.image.display().to_string(), error })?;
+        publish::after_make(&settings, &image, &args.publish)
+            .map_err(|error| NotPublished { image: image.display().to_string(), error })?;
     }
     Ok(())
+}
+
+/// Reads `--guest-agent-config`; its text holds credentials and is never shown.
+fn read_guest_agent_config(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError(format!("--guest-agent-config {}: {e}; give the guest agent's configuration file", path.display()))
+    })?;
+    if text.trim().is_empty() {
+        return Err(UsageError(format!("--guest-agent-config {} is empty", path.display())).into());
+    }
+    Ok(text)
 }
 
 /// The per-step timing table printed at the end of a build.

@@ -5,6 +5,7 @@ pub mod datastores;
 pub mod flavor;
 pub mod inspect;
 pub mod make;
+pub mod playbook;
 pub mod publish;
 pub mod test;
 pub mod upload;
@@ -33,6 +34,7 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
     } else if err.downcast_ref::<UsageError>().is_some()
         || err.downcast_ref::<crate::catalog::CatalogError>().is_some()
         || err.downcast_ref::<crate::elements::ElementError>().is_some()
+        || matches!(err.downcast_ref::<crate::remote::playbook::PlaybookError>(), Some(crate::remote::playbook::PlaybookError::Invalid { .. }))
         || matches!(err.downcast_ref::<crate::cloud::CloudError>(), Some(crate::cloud::CloudError::Config(_)))
         // A bad image (not an image, truncated, no Linux root) is the user's to fix.
         || err.downcast_ref::<crate::image::ImageError>().is_some_and(|e| e.is_bad_input())

@@ -1,0 +1,215 @@
+//! `dbimage make -i HOST`: the build runs on a build VM over SSH
+//! (`playbooks/dibvm.yaml`) and the image comes back into the local
+//! images directory, complete and checked, or not at all.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::Value;
+
+use super::playbook::{Playbook, Vars};
+use super::ssh::{Connection, Target, quote};
+use crate::arch::Arch;
+use crate::build::manifest;
+use crate::build::plan::Plan;
+use crate::cli::{Compression, MakeArgs};
+use crate::run::Cmd;
+use crate::settings::Settings;
+
+/// The playbook's file name under `playbooks/`.
+const PLAYBOOK: &str = "dibvm.yaml";
+
+/// Commands a build needs on the VM, with the Debian package providing each.
+const TOOLS: [&str; 12] = [
+    "debootstrap:debootstrap",
+    "qemu-img:qemu-utils",
+    "mkfs.ext4:e2fsprogs",
+    "mkfs.vfat:dosfstools",
+    "mcopy:mtools",
+    "sfdisk:fdisk",
+    "losetup:mount",
+    "tar:tar",
+    "gpg:gnupg",
+    "xz:xz-utils",
+    "update-binfmts:binfmt-support",
+    "qemu-ppc64le-static:qemu-user-static",
+];
+
+/// What the remote build needs from the local side besides `args`.
+pub struct Request<'a> {
+    /// The validated local plan (name, output paths).
+    pub plan: &'a Plan,
+    /// Public keys for the image's user (the user's and the controller's).
+    pub keys: Option<&'a str>,
+    /// The guest agent configuration to write into the image.
+    pub guest_agent_conf: Option<&'a str>,
+}
+
+/// The connection to the build VM and its architecture, opened before
+/// planning so the VM's architecture is the default target.
+pub struct BuildVm {
+    conn: Connection,
+    /// The VM's architecture, when dbimage knows it.
+    pub arch: Option<Arch>,
+}
+
+impl BuildVm {
+    /// Connects to `host` (an address or `dibvm`) and asks its architecture.
+    pub fn connect(host: &str, settings: &Settings) -> anyhow::Result<BuildVm> {
+        let target: Target = super::resolve_target(host, settings);
+        let conn = Connection::open(&target)?;
+        let uname = conn.run("uname -m", &mut Default::default())?;
+        let arch = uname.stdout.trim().parse::<Arch>().ok();
+        tracing::info!("build VM {target}: {}", uname.stdout.trim());
+        Ok(BuildVm { conn, arch })
+    }
+
+    /// Runs the build on the VM and moves the image and its manifest into
+    /// the plan's output paths; returns the image path.
+    pub fn build(mut self, args: &MakeArgs, settings: &Settings, req: &Request<'_>) -> anyhow::Result<PathBuf> {
+        let playbook = Playbook::load(&settings.data_dir.join("playbooks").join(PLAYBOOK))?;
+        let outdir = req.plan.output.parent().unwrap_or(Path::new(".")).to_path_buf();
+        std::fs::create_dir_all(&outdir)?;
+        // Fetched files land here first; dropped on any failure.
+        let fetch_dir = tempfile::Builder::new().prefix(".dbimage-fetch-").tempdir_in(&outdir)?;
+        let stage = tempfile::Builder::new().prefix("dbimage-remote-").tempdir()?;
+        let work = format!("/var/tmp/dbimage-remote-{}", uuid::Uuid::new_v4().simple());
+
+        let mut make = vec!["make".to_string()];
+        let mut env = remote_env(settings, &work);
+        stage_request(args, req, stage.path(), &work, &mut make, &mut env)?;
+
+        let mut vars = Vars::new();
+        let mut set = |k: &str, v: Value| vars.insert(k.to_string(), v);
+        set("work", Value::from(work.as_str()));
+        set("data_dir", Value::from(settings.data_dir.display().to_string()));
+        set("stage", Value::from(stage.path().display().to_string()));
+        set("binary", Value::from(std::env::current_exe()?.display().to_string()));
+        set("local_arch", Value::from(std::env::consts::ARCH));
+        set("version", Value::from(env!("CARGO_PKG_VERSION")));
+        set("make_args", Value::from(make[1..].iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")));
+        set("env", Value::from(env.iter().map(|(k, v)| quote(&format!("{k}={v}"))).collect::<Vec<_>>().join(" ")));
+        set("fetch_dir", Value::from(fetch_dir.path().display().to_string()));
+        set("tools", Value::from_iter(TOOLS));
+        if let Some(p) = &args.package {
+            set("package", Value::from(std::path::absolute(p)?.display().to_string()));
+            set("package_name", Value::from(file_name(p)));
+        }
+
+        let host = self.conn.target().to_string();
+        let mut show = |line: &str| tracing::info!("[{host}] {line}");
+        playbook.run(&mut self.conn, &mut vars, &mut show)?;
+        self.conn.close();
+
+        let name = vars
+            .get("built")
+            .and_then(|b| b.get_attr("stdout").ok())
+            .and_then(|s| s.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let image = fetch_dir.path().join(&name);
+        let info = manifest::read_beside(&image)?;
+        let sum = manifest::sha256_file(&image)?;
+        if info.sha256.as_deref() != Some(sum.as_str()) {
+            anyhow::bail!(
+                "the image fetched from the build VM does not match its manifest's sha256 (transfer damaged?); \
+                 nothing was kept, run the build again"
+            );
+        }
+        // The VM's clock may have named it differently; keep the VM's name.
+        let dest = outdir.join(&name);
+        if dest != req.plan.output && dest.exists() && !args.force {
+            anyhow::bail!("{} already exists; remove it or pass --force to replace it", dest.display());
+        }
+        std::fs::rename(manifest::path_beside(&image), manifest::path_beside(&dest))?;
+        std::fs::rename(&image, &dest)?;
+        Ok(dest)
+    }
+}
+
+/// The remote build's environment: the data files just copied and the
+/// deployer's build settings, so the VM builds what this host would.
+fn remote_env(settings: &Settings, work: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("DBIMAGE_SETTINGS".to_string(), format!("{work}/request/settings.json")),
+        ("DBIMAGE_DATA_DIR".to_string(), format!("{work}/data")),
+        ("DBIMAGE_MIRROR".to_string(), settings.mirror.clone()),
+        ("DBIMAGE_SECURITY_MIRROR".to_string(), settings.security_mirror.clone()),
+        ("DBIMAGE_SECURITY".to_string(), if settings.security { "yes" } else { "no" }.to_string()),
+        ("DBIMAGE_SECURITY_SKIP".to_string(), settings.security_skip.join(",")),
+        ("DBIMAGE_SOURCE".to_string(), settings.source.clone()),
+    ];
+    env.extend(std::env::vars().filter(|(k, _)| k.starts_with("DIB_")));
+    env
+}
+
+/// Puts the request's files into `stage` (copied to `<work>/request`) and
+/// the matching arguments into `make`.
+fn stage_request(
+    args: &MakeArgs,
+    req: &Request<'_>,
+    stage: &Path,
+    work: &str,
+    make: &mut Vec<String>,
+    env: &mut Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    let remote = |name: &str| format!("{work}/request/{name}");
+    // An empty settings file: the VM's own settings file must not apply.
+    crate::atomic::write_file(&stage.join("settings.json"), b"{}\n", 0o644)?;
+    let plan = req.plan;
+    make.extend(["-d".into(), plan.request.db.clone(), "-a".into(), plan.request.arch.to_string()]);
+    if let Some(v) = &args.db_version {
+        make.extend(["-v".into(), v.clone()]);
+    }
+    if args.community {
+        make.push("-c".into());
+    }
+    if args.enterprise {
+        make.push("-e".into());
+    }
+    make.extend(["-r".into(), plan.datastore.release.clone(), "-b".into(), plan.user.clone()]);
+    if let Some(keys) = req.keys {
+        crate::atomic::write_file(&stage.join("keys.pub"), format!("{keys}\n").as_bytes(), 0o600)?;
+        make.extend(["-k".into(), remote("keys.pub")]);
+    }
+    if let Some(conf) = req.guest_agent_conf {
+        crate::atomic::write_file(&stage.join("guest-agent.conf"), conf.as_bytes(), 0o600)?;
+        make.extend(["--guest-agent-config".into(), remote("guest-agent.conf")]);
+    }
+    if let Some(p) = &args.package {
+        make.extend(["-p".into(), remote(&file_name(p))]);
+    }
+    for e in &args.elements {
+        make.extend(["-x".into(), e.clone()]);
+    }
+    make.extend([
+        "--compression".into(),
+        match args.compression {
+            Compression::Zlib => "zlib",
+            Compression::Zstd => "zstd",
+        }
+        .into(),
+    ]);
+    if let Some(s) = args.size {
+        make.extend(["--size".into(), s.to_string()]);
+    }
+    make.extend(["-I".into(), "-o".into(), format!("{work}/out")]);
+    // User elements (ELEMENTS_PATH) travel as numbered directories, in order.
+    let mut paths = Vec::new();
+    let builtin = plan.data_dir.join("elements");
+    for (i, dir) in crate::elements::search_path(&builtin).iter().skip(1).enumerate() {
+        if !dir.is_dir() {
+            continue;
+        }
+        let to = stage.join(format!("elements-path/{i}"));
+        std::fs::create_dir_all(&to)?;
+        Cmd::new("cp").args(["-a", "--"]).arg(dir.join(".")).arg(&to).run()?;
+        paths.push(remote(&format!("elements-path/{i}")));
+    }
+    if !paths.is_empty() {
+        env.push(("ELEMENTS_PATH".into(), paths.join(":")));
+    }
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
