@@ -107,8 +107,3 @@ fn postgresql_15_is_published_boots_and_answers_psql() {
 fn mariadb_10_11_boots_and_answers_mariadb_client() {
     build_and_boot("mariadb", "10.11", "zstd");
 }
-
-#[test]
-fn redis_7_boots_and_answers_ping() {
-    build_and_boot("redis", "7.0", "zstd");
-}

@@ -592,6 +592,7 @@ impl<K: Serialize, V: Serialize> Serialize for Ordered<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     const PREDEFINED: &str = "\
 tiny:  {vcpus: 2, memory_gb: 2, root_mb: 6144, db_disk_mb: 10240, backup_mb: 20480}

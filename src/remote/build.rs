@@ -96,7 +96,11 @@ impl BuildVm {
         }
 
         let host = self.conn.target().to_string();
-        let mut show = |line: &str| tracing::info!("[{host}] {line}");
+        let mut show = |line: &str| {
+            if !line.trim().is_empty() {
+                tracing::info!("[{host}] {line}");
+            }
+        };
         playbook.run(&mut self.conn, &mut vars, &mut show)?;
         self.conn.close();
 

@@ -32,7 +32,7 @@ const MASTER_IDLE_SECS: usize = 60;
 const WATCHDOG: &str = r#"exec 3<&0
 setsid sh -c "$1" </dev/null &
 pid=$!
-{ cat <&3 >/dev/null 2>&1; kill -TERM -- "-$pid" 2>/dev/null; } &
+{ cat <&3 >/dev/null 2>&1; kill -TERM "-$pid" 2>/dev/null; } &
 watch=$!
 wait "$pid"; rc=$?
 kill "$watch" 2>/dev/null
