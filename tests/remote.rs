@@ -243,9 +243,10 @@ fn a_connection_dropped_mid_build_is_reported_and_leaves_nothing() {
             }
         })
     };
-    // Wait until the build runs on the "VM", then cut the connection.
+    // Wait until the build runs in its chroot on the "VM" (mounts up), then
+    // cut the connection.
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !lines.lock().unwrap().iter().any(|l| l.contains("[root@127.0.0.1:")) {
+    while !lines.lock().unwrap().iter().any(|l| l.contains("[root@127.0.0.1:") && l.contains("install.d")) {
         assert!(Instant::now() < deadline, "the remote build never started");
         assert!(child.try_wait().unwrap().is_none(), "dbimage ended before the build started");
         std::thread::sleep(Duration::from_millis(200));
@@ -272,5 +273,41 @@ fn a_connection_dropped_mid_build_is_reported_and_leaves_nothing() {
         assert!(Instant::now() < deadline, "the remote build left mounts or its work dir");
         std::thread::sleep(Duration::from_millis(500));
     }
+    scratch.assert_clean();
+}
+
+#[test]
+fn bad_remote_settings_fail_early_and_change_nothing() {
+    common::require_root();
+    let sshd = Sshd::start();
+    let scratch = Scratch::new();
+    let make = |tweak: &dyn Fn(&mut std::process::Command)| {
+        let mut c = scratch.cmd();
+        sshd.as_dibvm(&mut c, &sshd.known_hosts);
+        tweak(&mut c);
+        c.args(["make", "-d", "redis", "-i", "127.0.0.1", "-I"]);
+        let out = run(c);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_string()
+    };
+    let err = make(&|c| {
+        c.env("DBIMAGE_DIB_PASSWD", "hunter22");
+    });
+    assert!(err.contains("DBIMAGE_DIB_PASSWD") && err.contains("keys only") && !err.contains("hunter22"), "{err}");
+    let err = make(&|c| {
+        c.env("DBIMAGE_DIB_PRIVATE_SSH_KEY", "/nonexistent/key");
+    });
+    assert!(err.contains("/nonexistent/key does not exist"), "{err}");
+    let err = make(&|c| {
+        c.env("DBIMAGE_DIB_PORT", common::sshd::free_port().to_string());
+    });
+    assert!(err.contains("cannot connect to root@127.0.0.1:") && err.contains("refused"), "{err}");
+    let other = scratch.dir.path().join("other_key");
+    common::ssh_keygen(&other, "not-authorized");
+    let err = make(&|c| {
+        c.env("DBIMAGE_DIB_PRIVATE_SSH_KEY", &other);
+    });
+    assert!(err.contains("refused the SSH key"), "{err}");
+    assert!(scratch.outputs().is_empty());
     scratch.assert_clean();
 }

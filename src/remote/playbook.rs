@@ -34,21 +34,22 @@ pub enum PlaybookError {
         msg: String,
     },
     /// A task failed.
-    #[error("task '{task}' on {host}: {source}")]
+    #[error("task '{task}' on {host}: {error}")]
     Task {
         /// The task's name.
         task: String,
         /// The host.
         host: String,
-        /// What went wrong.
-        source: TaskError,
+        /// What went wrong (in the message, not a separate cause, so it is
+        /// printed once).
+        error: TaskError,
     },
 }
 
 impl PlaybookError {
     /// Whether the connection dropped (as opposed to a command failing).
     pub fn is_lost(&self) -> bool {
-        matches!(self, PlaybookError::Task { source: TaskError::Remote(RemoteError::Lost { .. }), .. })
+        matches!(self, PlaybookError::Task { error: TaskError::Remote(RemoteError::Lost { .. }), .. })
     }
 }
 
@@ -232,7 +233,7 @@ impl Playbook {
                 }
             }
             let host = conn.target().to_string();
-            let wrap = |source: TaskError| PlaybookError::Task { task: task.name.clone(), host: host.clone(), source };
+            let wrap = |error: TaskError| PlaybookError::Task { task: task.name.clone(), host: host.clone(), error };
             let result = match &task.items {
                 None => task.execute(&env, &base, conn, vars, on_line),
                 Some(items) => items.iter().try_for_each(|item| {
