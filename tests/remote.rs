@@ -297,7 +297,7 @@ fn bad_remote_settings_fail_early_and_change_nothing() {
     let err = make(&|c| {
         c.env("DBIMAGE_DIB_PRIVATE_SSH_KEY", "/nonexistent/key");
     });
-    assert!(err.contains("/nonexistent/key does not exist"), "{err}");
+    assert!(err.contains("SSH key /nonexistent/key") && err.contains("does not exist"), "{err}");
     let err = make(&|c| {
         c.env("DBIMAGE_DIB_PORT", common::sshd::free_port().to_string());
     });
