@@ -4,11 +4,15 @@
 //! The file is the first of `$DBIMAGE_SETTINGS`, `./dbimage.yaml`,
 //! `~/.config/dbimage/settings.yaml`, `/etc/dbimage/settings.yaml` that exists.
 
+mod guest_agent;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::arch::Arch;
+
+pub use guest_agent::{AgentSource, GuestAgentInstall};
 
 /// Errors reading the settings.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,14 @@ pub enum SettingsError {
         /// The settings file or the environment variable.
         from: String,
     },
+    /// `guest_agent_install` (or its variables) names no usable source.
+    #[error("{from}: {msg}")]
+    GuestAgentInstall {
+        /// The settings file or the variables.
+        from: String,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 /// Pairs whose security suite is left out unless the settings say
@@ -61,6 +73,7 @@ struct File {
     source: Option<String>,
     custom_flavors_dir: Option<PathBuf>,
     guest_agent: Option<std::collections::BTreeMap<String, String>>,
+    guest_agent_install: Option<guest_agent::InstallFile>,
 }
 
 /// Resolved settings.
@@ -91,6 +104,9 @@ pub struct Settings {
     /// Values for the Trove guest agent template (`dbimage upload`); they
     /// may hold credentials and are never printed.
     pub guest_agent: std::collections::BTreeMap<String, String>,
+    /// Which guest agent the `trove-guest-agent` element installs
+    /// (`guest_agent_install`, `DBIMAGE_GUEST_AGENT_*`).
+    pub guest_agent_install: GuestAgentInstall,
 }
 
 impl Settings {
@@ -145,6 +161,11 @@ impl Settings {
                 from: skip_from.clone(),
             })?;
         }
+        let guest_agent_install = GuestAgentInstall::resolve(
+            file.guest_agent_install,
+            &path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            env_str,
+        )?;
         let images_dir = env_path("DBIMAGE_IMAGES_DIR")
             .or(file.images_dir)
             .unwrap_or_else(|| data_dir.join("images"));
@@ -174,6 +195,7 @@ impl Settings {
                 .or(file.custom_flavors_dir)
                 .unwrap_or_else(|| data_dir.join("flavors").join("custom")),
             guest_agent: file.guest_agent.unwrap_or_default(),
+            guest_agent_install,
             data_dir,
         })
     }
@@ -263,6 +285,7 @@ mod tests {
             source: String::new(),
             custom_flavors_dir: PathBuf::new(),
             guest_agent: Default::default(),
+            guest_agent_install: Default::default(),
         }
     }
 

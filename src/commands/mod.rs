@@ -34,6 +34,10 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         || err.downcast_ref::<crate::catalog::CatalogError>().is_some()
         || err.downcast_ref::<crate::elements::ElementError>().is_some()
         || matches!(err.downcast_ref::<crate::cloud::CloudError>(), Some(crate::cloud::CloudError::Config(_)))
+        || matches!(
+            err.downcast_ref::<crate::settings::SettingsError>(),
+            Some(crate::settings::SettingsError::GuestAgentInstall { .. })
+        )
         // A bad image (not an image, truncated, no Linux root) is the user's to fix.
         || err.downcast_ref::<crate::image::ImageError>().is_some_and(|e| e.is_bad_input())
         || err
