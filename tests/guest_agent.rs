@@ -54,6 +54,8 @@ fn on_when_publishing_off_with_image_only_unless_asked() {
         assert_eq!(has_element(&r.plan), on, "{args:?}");
         assert_eq!(r.plan["guest_agent"].is_object(), on, "{args:?}");
         assert_eq!(r.plan["env"]["DBIMAGE_GUEST_AGENT_DIR"].as_str(), on.then_some("/tmp/dbimage-guest-agent"));
+        // On without a configuration: a warning, not a failure.
+        assert_eq!(r.stderr.contains("gets the Trove guest agent but no configuration"), on, "{args:?}: {}", r.stderr);
     }
     let r = dry_run(None, &[], &[]);
     let agent = &r.plan["guest_agent"];
@@ -63,15 +65,26 @@ fn on_when_publishing_off_with_image_only_unless_asked() {
 }
 
 #[test]
-fn settings_choose_the_agent() {
+fn settings_choose_the_agent_and_its_configuration_stays_secret() {
     let dir = tempfile::tempdir().unwrap();
     let wheel = dir.path().join("trove-25.0.1-py3-none-any.whl");
     std::fs::write(&wheel, "").unwrap();
     let settings = dir.path().join("settings.yaml");
-    std::fs::write(&settings, format!("guest_agent_install:\n  file: {}\n", wheel.display())).unwrap();
+    std::fs::write(
+        &settings,
+        format!(
+            "guest_agent:\n  transport_url: \"rabbit://trove:dry-run-pw@192.0.2.1:5672/\"\n\
+             guest_agent_install:\n  file: {}\n",
+            wheel.display()
+        ),
+    )
+    .unwrap();
     let r = dry_run(Some(&settings), &[], &[]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.plan["guest_agent"]["source"]["path"], wheel.to_str().unwrap());
+    assert!(!r.stderr.contains("no configuration"), "{}", r.stderr);
+    assert!(!r.stdout.contains("dry-run-pw") && !r.stderr.contains("dry-run-pw"), "the configuration leaked");
+    assert!(r.plan.get("guest_agent_conf").is_none());
     // The environment wins over the file.
     let r = dry_run(Some(&settings), &[("DBIMAGE_GUEST_AGENT_VERSION", "25.0.0")], &[]);
     assert_eq!(r.plan["guest_agent"]["source"], serde_json::json!({ "kind": "pypi", "version": "25.0.0" }));

@@ -62,6 +62,8 @@ pub struct Manifest {
 pub struct GuestAgent {
     /// Where its package came from.
     pub source: AgentSource,
+    /// Whether its configuration was written at build time.
+    pub configured: bool,
     /// The Python packages of its virtualenv and their versions.
     pub python_packages: BTreeMap<String, String>,
 }

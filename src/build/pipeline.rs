@@ -18,6 +18,7 @@ use crate::disk::guard::{Teardown, Undo};
 use crate::disk::layout::{self, Layout};
 use crate::disk::{chroot, loopback, mount, qcow2};
 use crate::elements::{Element, Phase};
+use crate::image::patch;
 use crate::run::{self, Cmd};
 
 /// What a successful build produced.
@@ -132,6 +133,9 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
             run_setup_script(&tree, &env)?;
         }
         phases.run_all(&TREE_PHASES_AFTER_DB, &tree)?;
+        if let Some(conf) = &plan.guest_agent_conf {
+            tracing::info!("    {}", patch::write_guest_agent(&tree, conf)?);
+        }
         let agent_packages =
             plan.guest_agent.as_ref().map(|_| guest_agent::installed_packages(&tree, &env)).transpose()?;
         let origins = match &ds.repo {
@@ -196,6 +200,7 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         guest_agent: plan.guest_agent.as_ref().zip(agent_packages).map(|(agent, python_packages)| {
             manifest::GuestAgent {
                 source: agent.source.clone(),
+                configured: plan.guest_agent_conf.is_some(),
                 python_packages,
             }
         }),

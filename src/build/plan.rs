@@ -77,6 +77,10 @@ pub struct Plan {
     /// How the `trove-guest-agent` element installs the agent; `None`
     /// when the element is off.
     pub guest_agent: Option<GuestAgentPlan>,
+    /// The agent's configuration, written to the image when set (filled
+    /// by the command; never serialized: it holds credentials).
+    #[serde(skip)]
+    pub guest_agent_conf: Option<String>,
 }
 
 /// Where the chroot sees the user's package (`-p`).
@@ -342,6 +346,7 @@ impl Plan {
             work_dir: settings.work_dir.clone(),
             emulated,
             guest_agent,
+            guest_agent_conf: None,
         };
         Ok((plan, chosen))
     }

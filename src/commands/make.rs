@@ -7,7 +7,7 @@ use indicatif::HumanBytes;
 use crate::build::pipeline;
 use crate::build::plan::Plan;
 use crate::cli::MakeArgs;
-use crate::commands::publish;
+use crate::commands::{guest_agent_conf, publish};
 use crate::settings::Settings;
 
 /// Exit code: the image was built but publishing it failed.
@@ -30,7 +30,16 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
     if !args.dry_run {
         args.key = publish::prepare_cloud(args.key.as_deref(), &args.publish.cloud, !args.image_only)?;
     }
-    let (plan, elements) = Plan::new(&args, &settings)?;
+    let (mut plan, elements) = Plan::new(&args, &settings)?;
+    if plan.guest_agent.is_some() {
+        plan.guest_agent_conf = guest_agent_conf(&settings, None)?;
+        if plan.guest_agent_conf.is_none() {
+            tracing::warn!(
+                "the image gets the Trove guest agent but no configuration (no guest_agent values in the \
+                 settings); Trove must inject /etc/trove/conf.d/trove-guestagent.conf at boot"
+            );
+        }
+    }
     if args.dry_run {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
