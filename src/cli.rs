@@ -245,6 +245,12 @@ pub struct MakeArgs {
     /// Extra elements to include (repeatable), found in elements/ or ELEMENTS_PATH.
     #[arg(short = 'x', long = "element", value_name = "NAME")]
     pub elements: Vec<String>,
+    /// Install the Trove guest agent also with -I (it is in by default when publishing).
+    #[arg(long, conflicts_with = "no_guest_agent")]
+    pub guest_agent: bool,
+    /// Leave the Trove guest agent out, also when publishing.
+    #[arg(long)]
+    pub no_guest_agent: bool,
     /// QCOW2 compression.
     #[arg(long, value_enum, default_value_t = Compression::Zlib)]
     pub compression: Compression,

@@ -4,11 +4,15 @@
 //! The file is the first of `$DBIMAGE_SETTINGS`, `./dbimage.yaml`,
 //! `~/.config/dbimage/settings.yaml`, `/etc/dbimage/settings.yaml` that exists.
 
+mod guest_agent;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::arch::Arch;
+
+pub use guest_agent::{AgentSource, GuestAgentInstall};
 
 /// Errors reading the settings.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,14 @@ pub enum SettingsError {
         /// The settings file or the environment variable.
         from: String,
     },
+    /// `guest_agent_install` (or its variables) names no usable source.
+    #[error("{from}: {msg}")]
+    GuestAgentInstall {
+        /// The settings file or the variables.
+        from: String,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 /// Pairs whose security suite is left out unless the settings say
@@ -67,6 +79,7 @@ struct File {
     dibvm: Option<HostFile>,
     controller: Option<ControllerFile>,
     known_hosts: Option<PathBuf>,
+    guest_agent_install: Option<guest_agent::InstallFile>,
 }
 
 /// A remote host's SSH settings in the file.
@@ -158,6 +171,9 @@ pub struct Settings {
     /// The known_hosts file dbimage keeps for its remote hosts
     /// (`DBIMAGE_KNOWN_HOSTS`; default `~/.config/dbimage/known_hosts`).
     pub known_hosts: PathBuf,
+    /// Which guest agent the `trove-guest-agent` element installs
+    /// (`guest_agent_install`, `DBIMAGE_GUEST_AGENT_*`).
+    pub guest_agent_install: GuestAgentInstall,
 }
 
 impl Settings {
@@ -212,6 +228,11 @@ impl Settings {
                 from: skip_from.clone(),
             })?;
         }
+        let guest_agent_install = GuestAgentInstall::resolve(
+            file.guest_agent_install,
+            &path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            env_str,
+        )?;
         let images_dir = env_path("DBIMAGE_IMAGES_DIR")
             .or(file.images_dir)
             .unwrap_or_else(|| data_dir.join("images"));
@@ -248,6 +269,7 @@ impl Settings {
                 .unwrap_or_else(|| {
                     env_path("HOME").unwrap_or_else(|| PathBuf::from("/root")).join(".config/dbimage/known_hosts")
                 }),
+            guest_agent_install,
             data_dir,
         })
     }
@@ -386,6 +408,7 @@ mod tests {
             dibvm: Default::default(),
             controller: None,
             known_hosts: PathBuf::new(),
+            guest_agent_install: Default::default(),
         }
     }
 

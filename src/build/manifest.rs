@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::plan::Install;
 use crate::catalog::{DbRequest, Resolved};
+use crate::settings::AgentSource;
 
 /// What an image is and how it was made.
 ///
@@ -42,6 +43,9 @@ pub struct Manifest {
     pub user: String,
     /// True when `-k` put a key in the user's authorized_keys.
     pub authorized_key: bool,
+    /// The Trove guest agent, when the image has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<GuestAgent>,
     /// Sizes in bytes.
     pub sizes: Sizes,
     /// SHA-256 of the QCOW2 file (absent inside the image).
@@ -51,6 +55,17 @@ pub struct Manifest {
     pub compression: String,
     /// Wall time per phase, in seconds.
     pub timings: Vec<(String, f64)>,
+}
+
+/// The Trove guest agent in an image.
+#[derive(Debug, Serialize)]
+pub struct GuestAgent {
+    /// Where its package came from.
+    pub source: AgentSource,
+    /// Whether its configuration was written at build time.
+    pub configured: bool,
+    /// The Python packages of its virtualenv and their versions.
+    pub python_packages: BTreeMap<String, String>,
 }
 
 /// Sizes recorded in the manifest.

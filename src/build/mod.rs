@@ -1,5 +1,6 @@
 //! The make pipeline: plan, base tree, element phases, disk, manifest.
 
+pub mod guest_agent;
 pub mod manifest;
 pub mod phases;
 pub mod pipeline;

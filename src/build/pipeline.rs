@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::guest_agent;
 use super::manifest::{self, Manifest, Sizes};
 use super::phases::{self, PhaseRunner};
 use super::plan::{Install, Plan, today};
@@ -17,6 +18,7 @@ use crate::disk::guard::{Teardown, Undo};
 use crate::disk::layout::{self, Layout};
 use crate::disk::{chroot, loopback, mount, qcow2};
 use crate::elements::{Element, Phase};
+use crate::image::patch;
 use crate::run::{self, Cmd};
 
 /// What a successful build produced.
@@ -112,8 +114,9 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         timings: Vec::new(),
     };
     let apt_cache = plan.cache_dir.join("apt").join(format!("{}-{}", ds.release, arch.debian()));
-    let (installed, origins) = steps.run("elements", || {
-        let _cache_lock = lock_apt_cache(&apt_cache)?;
+    let (installed, origins, agent_packages) = steps.run("elements", || {
+        let _cache_lock = lock_cache(&apt_cache)?;
+        let _pip_lock = plan.guest_agent.as_ref().map(|a| lock_cache(&a.pip_cache)).transpose()?;
         phases::copy_static(elements, &tree)?;
         let mark = phases::enter(&mut td, &phases, &tree, Some(&apt_cache))?;
         let pkg_mark = td.mark();
@@ -122,11 +125,19 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         }
         rootfs::apt_update(&tree, &env, &ds.release, arch)?;
         stage_package(&mut td, &plan.install, &tree)?;
+        if let Some(agent) = &plan.guest_agent {
+            agent.stage(&mut td, &tree)?;
+        }
         phases.run_all(&TREE_PHASES, &tree)?;
         if let Install::Tarball { .. } = plan.install {
             run_setup_script(&tree, &env)?;
         }
         phases.run_all(&TREE_PHASES_AFTER_DB, &tree)?;
+        if let Some(conf) = &plan.guest_agent_conf {
+            tracing::info!("    {}", patch::write_guest_agent(&tree, conf)?);
+        }
+        let agent_packages =
+            plan.guest_agent.as_ref().map(|_| guest_agent::installed_packages(&tree, &env)).transpose()?;
         let origins = match &ds.repo {
             Some(_) => vendor::origins(
                 &chroot::command(
@@ -142,7 +153,7 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         let list = chroot::command(&tree, ["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"], &env)
             .output()?;
         td.unwind_to(mark).map_err(anyhow::Error::msg)?;
-        Ok((manifest::parse_package_list(&list), origins))
+        Ok((manifest::parse_package_list(&list), origins, agent_packages))
     })?;
 
     // 3. Disk: size, table, loop devices, filesystem, copy.
@@ -186,6 +197,13 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         packages: installed,
         user: plan.user.clone(),
         authorized_key: plan.ssh_key.is_some(),
+        guest_agent: plan.guest_agent.as_ref().zip(agent_packages).map(|(agent, python_packages)| {
+            manifest::GuestAgent {
+                source: agent.source.clone(),
+                configured: plan.guest_agent_conf.is_some(),
+                python_packages,
+            }
+        }),
         sizes: Sizes { tree: tree_bytes, disk: disk_layout.size, qcow2: None },
         sha256: None,
         compression: format!("{:?}", plan.compression).to_lowercase(),
@@ -239,13 +257,13 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
     Ok(Outcome { image: plan.output.clone(), manifest: plan.manifest.clone(), size: qcow2_size, timings })
 }
 
-/// Puts the user's `-p` file where the chroot sees it: a .deb copied for
-/// apt, a tarball safely unpacked. Removed again before the disk is made.
-/// Takes apt's package cache of one release/architecture for the element
-/// phases. apt locks its archive directory and fails at once when another
-/// build holds it, so builds sharing the cache wait here for each other
-/// instead (polling, so that Ctrl-C still works while waiting).
-fn lock_apt_cache(cache: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
+/// Takes a cache shared by builds (apt's packages of one
+/// release/architecture, pip's wheels) for the element phases. apt locks
+/// its archive directory and fails at once when another build holds it,
+/// and pip's wheel directory is not safe to fill from two builds at once,
+/// so builds sharing a cache wait here for each other instead (polling, so
+/// that Ctrl-C still works while waiting).
+fn lock_cache(cache: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
     use nix::fcntl::{Flock, FlockArg};
     let path = cache.with_extension("lock");
     if let Some(dir) = path.parent() {
@@ -263,7 +281,7 @@ fn lock_apt_cache(cache: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
             Ok(lock) => return Ok(lock),
             Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
                 if !told {
-                    tracing::info!("waiting for another build using the package cache {}", cache.display());
+                    tracing::info!("waiting for another build using the cache {}", cache.display());
                     told = true;
                 }
                 run::check_cancelled()?;
@@ -275,6 +293,8 @@ fn lock_apt_cache(cache: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
     }
 }
 
+/// Puts the user's `-p` file where the chroot sees it: a .deb copied for
+/// apt, a tarball safely unpacked. Removed again before the disk is made.
 fn stage_package(td: &mut Teardown, install: &Install, tree: &Path) -> anyhow::Result<()> {
     let dir = Install::dir_in_tree(tree);
     match install {
@@ -316,11 +336,11 @@ mod tests {
     fn apt_cache_lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("apt/bookworm-amd64");
-        let held = lock_apt_cache(&cache).unwrap();
+        let held = lock_cache(&cache).unwrap();
         // Another open file description cannot take it while it is held.
         let other = fs::File::options().write(true).open(cache.with_extension("lock")).unwrap();
         assert!(nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err());
         drop(held);
-        assert!(lock_apt_cache(&cache).is_ok());
+        assert!(lock_cache(&cache).is_ok());
     }
 }

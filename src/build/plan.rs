@@ -16,6 +16,7 @@ use crate::elements::{self, Element, Library};
 use crate::run::Cmd;
 use crate::settings::Settings;
 
+use super::guest_agent::{self, GuestAgentPlan};
 use super::tarball;
 
 /// The OS element every build starts from.
@@ -73,6 +74,13 @@ pub struct Plan {
     pub work_dir: PathBuf,
     /// Whether the target architecture needs qemu-user on this host.
     pub emulated: bool,
+    /// How the `trove-guest-agent` element installs the agent; `None`
+    /// when the element is off.
+    pub guest_agent: Option<GuestAgentPlan>,
+    /// The agent's configuration, written to the image when set (filled
+    /// by the command; never serialized: it holds credentials).
+    #[serde(skip)]
+    pub guest_agent_conf: Option<String>,
 }
 
 /// Where the chroot sees the user's package (`-p`).
@@ -269,6 +277,9 @@ impl Plan {
         wanted.extend(BASE_ELEMENTS.iter().map(|s| s.to_string()));
         wanted.push(datastore.element.clone());
         wanted.extend(args.elements.iter().cloned());
+        if wants_guest_agent(args)? && !wanted.iter().any(|e| e == guest_agent::ELEMENT) {
+            wanted.push(guest_agent::ELEMENT.to_string());
+        }
         let chosen = library.resolve(&wanted)?;
         // Two elements shipping the same environment.d file is an error in
         // DIB; find it now rather than in the middle of the build.
@@ -294,6 +305,21 @@ impl Plan {
             .into_iter()
             .map(|(phase, list)| (phase.dir_name().to_string(), list))
             .collect();
+
+        let agent_element = chosen.iter().find(|e| e.name == guest_agent::ELEMENT);
+        if args.no_guest_agent && agent_element.is_some() {
+            return Err(UsageError(format!(
+                "another element depends on {}; drop --no-guest-agent or that element",
+                guest_agent::ELEMENT
+            ))
+            .into());
+        }
+        let guest_agent = agent_element
+            .map(|e| GuestAgentPlan::new(&settings.guest_agent_install, &e.path, &settings.cache_dir))
+            .transpose()?;
+        if guest_agent.is_some() {
+            env.insert("DBIMAGE_GUEST_AGENT_DIR".into(), guest_agent::STAGE_IN_TREE.into());
+        }
 
         let security_mirror =
             settings.security_for(&datastore.release, arch).then(|| settings.security_mirror.clone());
@@ -323,6 +349,8 @@ impl Plan {
             cache_dir: settings.cache_dir.clone(),
             work_dir: settings.work_dir.clone(),
             emulated,
+            guest_agent,
+            guest_agent_conf: None,
         };
         Ok((plan, chosen))
     }
@@ -359,6 +387,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// Whether the build gets the Trove guest agent: when asked for
+/// (`--guest-agent`, `-x trove-guest-agent`), else whenever the image is
+/// published to Trove (no `-I`) unless `--no-guest-agent`.
+fn wants_guest_agent(args: &MakeArgs) -> Result<bool, UsageError> {
+    let asked = args.guest_agent || args.elements.iter().any(|e| e == guest_agent::ELEMENT);
+    if asked && args.no_guest_agent {
+        return Err(UsageError(format!("--no-guest-agent contradicts -x {}", guest_agent::ELEMENT)));
+    }
+    Ok(asked || (!args.image_only && !args.no_guest_agent))
 }
 
 fn check_user_name(user: &str) -> Result<(), UsageError> {
@@ -463,6 +502,29 @@ mod tests {
         assert_eq!(civil_from_days(20_516), (2026, 3, 4));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    fn make_args(extra: &[&str]) -> Result<MakeArgs, clap::Error> {
+        use clap::Parser;
+        let argv = ["dbimage", "make", "-d", "postgresql"].iter().chain(extra);
+        match crate::cli::Cli::try_parse_from(argv)?.command {
+            crate::cli::Command::Make(m) => Ok(m),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn guest_agent_when_publishing_or_asked() {
+        let wants = |extra: &[&str]| wants_guest_agent(&make_args(extra).unwrap());
+        assert!(wants(&[]).unwrap(), "publishing to Trove");
+        assert!(!wants(&["-I"]).unwrap());
+        assert!(wants(&["-I", "--guest-agent"]).unwrap());
+        assert!(wants(&["-I", "-x", "trove-guest-agent"]).unwrap());
+        assert!(!wants(&["--no-guest-agent"]).unwrap());
+        assert!(!wants(&["-I", "--no-guest-agent"]).unwrap());
+        let err = wants(&["-x", "trove-guest-agent", "--no-guest-agent"]).unwrap_err().to_string();
+        assert!(err.contains("contradicts"), "{err}");
+        assert!(make_args(&["--guest-agent", "--no-guest-agent"]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use indicatif::HumanBytes;
 use crate::build::pipeline;
 use crate::build::plan::Plan;
 use crate::cli::MakeArgs;
-use crate::commands::{UsageError, publish};
+use crate::commands::{UsageError, guest_agent_conf, publish};
 use crate::remote::build::{BuildVm, Request};
 use crate::remote::controller;
 use crate::settings::Settings;
@@ -53,7 +53,16 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
     if let Some(key) = controller.as_ref().and_then(|c| c.public_key.as_deref()) {
         plan.add_ssh_key(key);
     }
-    let guest_agent_conf = given_conf.or_else(|| controller.map(|c| c.guest_agent_conf));
+    if plan.guest_agent.is_some() {
+        let from_cloud = given_conf.or_else(|| controller.map(|c| c.guest_agent_conf));
+        plan.guest_agent_conf = guest_agent_conf(&settings, from_cloud.as_deref())?;
+        if plan.guest_agent_conf.is_none() {
+            tracing::warn!(
+                "the image gets the Trove guest agent but no configuration (no controller, no guest_agent values \
+                 in the settings); Trove must inject /etc/trove/conf.d/trove-guestagent.conf at boot"
+            );
+        }
+    }
     if args.dry_run {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
@@ -76,7 +85,7 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
     );
     let image = match vm {
         Some(vm) => {
-            let req = Request { plan: &plan, keys: plan.ssh_key.as_deref(), guest_agent_conf: guest_agent_conf.as_deref() };
+            let req = Request { plan: &plan, keys: plan.ssh_key.as_deref() };
             let image = vm.build(&args, &settings, &req)?;
             let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
             println!("{} ({})", image.display(), HumanBytes(size));

@@ -12,10 +12,61 @@ pub mod upload;
 
 use std::process::ExitCode;
 
+use crate::elements::{self, Library};
+use crate::image::patch;
+use crate::settings::Settings;
+
 /// Exit code: the request was wrong (bad flag, unknown database, no match).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: interrupted by Ctrl-C or SIGTERM (after cleaning up).
 pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Parts of a configuration key that mark its value as a credential.
+const SECRET_KEY_PARTS: [&str; 6] = ["url", "password", "secret", "pass", "token", "connection"];
+
+/// The Trove guest agent configuration for an image: `controller`'s text
+/// (the file fetched from the Trove controller) verbatim when given, else
+/// the settings' `guest_agent:` values rendered with the
+/// `trove-guest-agent` element's template, else `None` (no values). Either
+/// way, values of keys that look like credentials are registered for
+/// redaction before anything can print them.
+pub fn guest_agent_conf(settings: &Settings, controller: Option<&str>) -> anyhow::Result<Option<String>> {
+    let is_secret = |key: &str| SECRET_KEY_PARTS.iter().any(|p| key.to_lowercase().contains(p));
+    if let Some(text) = controller {
+        for (key, value) in text.lines().filter_map(|l| l.split_once('=')) {
+            if is_secret(key) {
+                hide(value.trim());
+            }
+        }
+        return Ok(Some(text.to_string()));
+    }
+    if settings.guest_agent.is_empty() {
+        return Ok(None);
+    }
+    for (key, value) in &settings.guest_agent {
+        if is_secret(key) {
+            hide(value);
+        }
+    }
+    let library = Library::discover(&elements::search_path(&settings.data_dir.join("elements")))?;
+    let element = library.get(crate::build::guest_agent::ELEMENT).ok_or_else(|| {
+        UsageError("element trove-guest-agent not found; it holds the guest agent template".into())
+    })?;
+    let template = element.path.join("templates/trove-guestagent.conf.j2");
+    Ok(Some(patch::render_guest_agent(&template, &settings.guest_agent)?))
+}
+
+/// Registers a credential value for redaction, and the password of a URL
+/// (`rabbit://user:PASSWORD@host`) on its own, which an error may quote.
+fn hide(value: &str) {
+    crate::run::add_secret(value);
+    if let Some((_, rest)) = value.split_once("://")
+        && let Some((cred, _)) = rest.rsplit_once('@')
+        && let Some((_, pw)) = cred.split_once(':')
+    {
+        crate::run::add_secret(pw);
+    }
+}
 
 /// An error that is the user's to fix, as opposed to a failure while working.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +87,10 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         || err.downcast_ref::<crate::elements::ElementError>().is_some()
         || matches!(err.downcast_ref::<crate::remote::playbook::PlaybookError>(), Some(crate::remote::playbook::PlaybookError::Invalid { .. }))
         || matches!(err.downcast_ref::<crate::cloud::CloudError>(), Some(crate::cloud::CloudError::Config(_)))
+        || matches!(
+            err.downcast_ref::<crate::settings::SettingsError>(),
+            Some(crate::settings::SettingsError::GuestAgentInstall { .. })
+        )
         // A bad image (not an image, truncated, no Linux root) is the user's to fix.
         || err.downcast_ref::<crate::image::ImageError>().is_some_and(|e| e.is_bad_input())
         || err
@@ -45,5 +100,17 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         ExitCode::from(EXIT_USAGE)
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_hidden_on_their_own() {
+        hide("rabbit://trove:S3cretPw-x@10.0.0.1:5672/");
+        let shown = crate::run::redact("auth failed for S3cretPw-x at 10.0.0.1");
+        assert_eq!(shown, "auth failed for *** at 10.0.0.1");
     }
 }

@@ -16,10 +16,9 @@ use crate::arch::Arch;
 use crate::build::manifest::{self, ImageInfo};
 use crate::build::plan::read_key;
 use crate::cli::UploadArgs;
-use crate::commands::{UsageError, publish};
+use crate::commands::{UsageError, guest_agent_conf, publish};
 use crate::disk::guard::{Teardown, Undo};
 use crate::disk::{binfmt, chroot, export, loopback, mount};
-use crate::elements::{self, Library};
 use crate::image::{self, inspect, patch};
 use crate::run::check_cancelled;
 use crate::settings::Settings;
@@ -115,22 +114,10 @@ fn plan(args: &UploadArgs, settings: &Settings) -> anyhow::Result<Request> {
         return Err(UsageError(format!("{} exists; pass --force to replace it", dest.display())).into());
     }
 
-    let guest_agent = if settings.guest_agent.is_empty() {
+    let guest_agent = guest_agent_conf(settings, None)?;
+    if guest_agent.is_none() {
         tracing::warn!("no guest_agent values in the settings: the image's guest agent configuration is left as it is");
-        None
-    } else {
-        for (k, v) in &settings.guest_agent {
-            if ["url", "password", "secret", "pass", "token", "connection"].iter().any(|s| k.contains(s)) {
-                crate::run::add_secret(v.clone());
-            }
-        }
-        let library = Library::discover(&elements::search_path(&settings.data_dir.join("elements")))?;
-        let element = library.get("trove-guest-agent").ok_or_else(|| {
-            UsageError("element trove-guest-agent not found; it holds the guest agent template".into())
-        })?;
-        let template = element.path.join("templates/trove-guestagent.conf.j2");
-        Some(patch::render_guest_agent(&template, &settings.guest_agent)?)
-    };
+    }
 
     let key = publish::prepare_cloud(args.key.as_deref(), &args.publish.cloud, !args.no_publish)?
         .as_deref()

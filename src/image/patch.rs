@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 
 use super::inspect::{PasswdEntry, parse_passwd};
@@ -87,15 +87,17 @@ pub fn render_guest_agent(template: &Path, values: &BTreeMap<String, String>) ->
     Ok(out)
 }
 
-/// Writes the rendered guest agent configuration (mode 0640: it holds
-/// credentials).
-pub fn write_guest_agent(root: &Path, rendered: &str) -> Result<String, PatchError> {
+/// Writes the guest agent configuration, mode 0640 (it holds credentials)
+/// and owned like its directory, so the agent's user reads it whether the
+/// image runs the agent as `trove` (ours) or as another user (DIB's).
+pub fn write_guest_agent(root: &Path, text: &str) -> Result<String, PatchError> {
     let path = inside(root, GUEST_AGENT_CONF)?;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_err(root, dir))?;
-    }
-    fs::write(&path, rendered).map_err(io_err(root, &path))?;
+    let dir = path.parent().unwrap_or(root);
+    fs::create_dir_all(dir).map_err(io_err(root, dir))?;
+    let owner = fs::metadata(dir).map_err(io_err(root, dir))?;
+    fs::write(&path, text).map_err(io_err(root, &path))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).map_err(io_err(root, &path))?;
+    chown(&path, Some(owner.uid()), Some(owner.gid())).map_err(io_err(root, &path))?;
     Ok(format!("guest agent configuration written to /{GUEST_AGENT_CONF}"))
 }
 
@@ -206,7 +208,6 @@ mod tests {
         authorize_key(t.path(), "dba", "ssh-ed25519 AAAA dba@x").unwrap();
         let f = t.path().join("home/dba/.ssh/authorized_keys");
         let meta = fs::metadata(&f).unwrap();
-        use std::os::unix::fs::MetadataExt;
         assert_eq!((meta.mode() & 0o777, meta.uid(), meta.gid()), (0o600, 1001, 1002));
         assert_eq!(fs::read_to_string(&f).unwrap(), "ssh-ed25519 AAAA dba@x\n");
         let err = authorize_key(t.path(), "nobody", "k").unwrap_err().to_string();
@@ -226,6 +227,22 @@ mod tests {
         std::os::unix::fs::symlink(host.path(), t.path().join("home/dba/.ssh")).unwrap();
         assert!(authorize_key(t.path(), "dba", "k").is_err());
         assert!(!host.path().join("authorized_keys").exists());
+    }
+
+    #[test]
+    fn guest_agent_config_is_owned_like_its_directory() {
+        let t = tree();
+        let conf_d = t.path().join("etc/trove/conf.d");
+        fs::create_dir_all(&conf_d).unwrap();
+        chown(&conf_d, Some(1001), Some(1002)).unwrap();
+        write_guest_agent(t.path(), "[DEFAULT]\n").unwrap();
+        let meta = fs::metadata(conf_d.join("trove-guestagent.conf")).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.uid(), meta.gid()), (0o640, 1001, 1002));
+        // A directory it has to make itself is root's.
+        let t = tree();
+        write_guest_agent(t.path(), "[DEFAULT]\n").unwrap();
+        let meta = fs::metadata(t.path().join(GUEST_AGENT_CONF)).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.uid(), meta.gid()), (0o640, 0, 0));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::build::manifest;
 use crate::build::plan::Plan;
 use crate::cli::{Compression, MakeArgs};
 use crate::run::Cmd;
-use crate::settings::Settings;
+use crate::settings::{AgentSource, Settings};
 
 /// The playbook's file name under `playbooks/`.
 const PLAYBOOK: &str = "dibvm.yaml";
@@ -40,8 +40,6 @@ pub struct Request<'a> {
     pub plan: &'a Plan,
     /// Public keys for the image's user (the user's and the controller's).
     pub keys: Option<&'a str>,
-    /// The guest agent configuration to write into the image.
-    pub guest_agent_conf: Option<&'a str>,
 }
 
 /// The connection to the build VM and its architecture, opened before
@@ -174,9 +172,27 @@ fn stage_request(
         crate::atomic::write_file(&stage.join("keys.pub"), format!("{keys}\n").as_bytes(), 0o600)?;
         make.extend(["-k".into(), remote("keys.pub")]);
     }
-    if let Some(conf) = req.guest_agent_conf {
-        crate::atomic::write_file(&stage.join("guest-agent.conf"), conf.as_bytes(), 0o600)?;
-        make.extend(["--guest-agent-config".into(), remote("guest-agent.conf")]);
+    if let Some(agent) = &plan.guest_agent {
+        make.push("--guest-agent".into());
+        if let Some(conf) = &plan.guest_agent_conf {
+            crate::atomic::write_file(&stage.join("guest-agent.conf"), conf.as_bytes(), 0o600)?;
+            make.extend(["--guest-agent-config".into(), remote("guest-agent.conf")]);
+        }
+        // The agent's source as resolved here; files travel with the request.
+        match &agent.source {
+            AgentSource::Pypi { version } => env.push(("DBIMAGE_GUEST_AGENT_VERSION".into(), version.clone())),
+            AgentSource::Git { url, git_ref } => {
+                env.push(("DBIMAGE_GUEST_AGENT_GIT".into(), url.clone()));
+                env.push(("DBIMAGE_GUEST_AGENT_REF".into(), git_ref.clone()));
+            }
+            AgentSource::File { path } => {
+                let name = format!("agent/{}", file_name(path));
+                copy_into(path, &stage.join(&name))?;
+                env.push(("DBIMAGE_GUEST_AGENT_FILE".into(), remote(&name)));
+            }
+        }
+        copy_into(&agent.constraints, &stage.join("agent/constraints.txt"))?;
+        env.push(("DBIMAGE_GUEST_AGENT_CONSTRAINTS".into(), remote("agent/constraints.txt")));
     }
     if let Some(p) = &args.package {
         make.extend(["-p".into(), remote(&file_name(p))]);
@@ -211,6 +227,14 @@ fn stage_request(
     if !paths.is_empty() {
         env.push(("ELEMENTS_PATH".into(), paths.join(":")));
     }
+    Ok(())
+}
+
+fn copy_into(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::copy(from, to).map_err(|e| anyhow::anyhow!("copying {} for the build VM: {e}", from.display()))?;
     Ok(())
 }
 

@@ -45,7 +45,6 @@ pub fn fetch(settings: &Settings) -> anyhow::Result<Option<Metadata>> {
     playbook.run(&mut conn, &mut vars, &mut |_| {})?;
     conn.close();
     let conf = registered(&vars, "guest_agent").unwrap_or_default();
-    hide_credentials(&conf);
     if conf.trim().is_empty() {
         anyhow::bail!(
             "{} on the controller {target} is empty; set controller.guest_agent_conf to Trove's guest agent configuration",
@@ -74,37 +73,9 @@ fn registered(vars: &Vars, name: &str) -> Option<String> {
     v.as_str().map(str::to_string)
 }
 
-/// Registers the configuration's credential values with the redactor, so a
-/// later error quoting a line of it shows `***`.
-fn hide_credentials(conf: &str) {
-    for line in conf.lines() {
-        let Some((key, value)) = line.split_once('=') else { continue };
-        let key = key.trim().to_ascii_lowercase();
-        let value = value.trim();
-        if ["password", "secret", "token", "transport_url", "connection", "_key"].iter().any(|w| key.contains(w)) {
-            crate::run::add_secret(value);
-            // URLs carry the password between ':' and '@'.
-            if let Some((_, rest)) = value.split_once("://")
-                && let Some((cred, _)) = rest.split_once('@')
-                && let Some((_, pw)) = cred.split_once(':')
-            {
-                crate::run::add_secret(pw);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credentials_are_redacted() {
-        hide_credentials("[DEFAULT]\ntransport_url = rabbit://trove:S3cretPw@10.0.0.1:5672/\nadmin_password = Adm1nPass\ndebug = true\n");
-        let shown = crate::run::redact("connect rabbit://trove:S3cretPw@10.0.0.1 as Adm1nPass");
-        assert!(!shown.contains("S3cretPw") && !shown.contains("Adm1nPass"), "{shown}");
-        assert!(shown.contains("10.0.0.1"));
-    }
 
     #[test]
     fn metadata_debug_hides_the_config() {
