@@ -21,6 +21,7 @@ use crate::disk::guard::{Teardown, Undo};
 use crate::disk::{binfmt, chroot, export, loopback, mount};
 use crate::image::{self, inspect, patch};
 use crate::run::check_cancelled;
+use crate::remote::controller;
 use crate::settings::Settings;
 
 /// Everything `upload` will do, resolved before the image is touched.
@@ -114,15 +115,23 @@ fn plan(args: &UploadArgs, settings: &Settings) -> anyhow::Result<Request> {
         return Err(UsageError(format!("{} exists; pass --force to replace it", dest.display())).into());
     }
 
-    let guest_agent = guest_agent_conf(settings, None)?;
+    let controller = controller::fetch(settings)?;
+    let guest_agent = guest_agent_conf(settings, controller.as_ref().map(|c| c.guest_agent_conf.as_str()))?;
     if guest_agent.is_none() {
-        tracing::warn!("no guest_agent values in the settings: the image's guest agent configuration is left as it is");
+        tracing::warn!(
+            "no controller and no guest_agent values in the settings: the image's guest agent configuration is left as it is"
+        );
     }
 
     let key = publish::prepare_cloud(args.key.as_deref(), &args.publish.cloud, !args.no_publish)?
         .as_deref()
         .map(read_key)
         .transpose()?;
+    // The controller's key joins the user's, as in make.
+    let key = match (key, controller.and_then(|c| c.public_key)) {
+        (Some(k), Some(c)) => Some(format!("{k}\n{c}")),
+        (k, c) => k.or(c),
+    };
     Ok(Request { input, info, dest, guest_agent, key, user: args.user.clone(), script: args.script.clone() })
 }
 
