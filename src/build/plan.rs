@@ -277,7 +277,7 @@ impl Plan {
         wanted.extend(BASE_ELEMENTS.iter().map(|s| s.to_string()));
         wanted.push(datastore.element.clone());
         wanted.extend(args.elements.iter().cloned());
-        if wants_guest_agent(args)? && !wanted.iter().any(|e| e == guest_agent::ELEMENT) {
+        if wants_guest_agent(args, arch)? && !wanted.iter().any(|e| e == guest_agent::ELEMENT) {
             wanted.push(guest_agent::ELEMENT.to_string());
         }
         let chosen = library.resolve(&wanted)?;
@@ -390,14 +390,24 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// Whether the build gets the Trove guest agent: when asked for
-/// (`--guest-agent`, `-x trove-guest-agent`), else whenever the image is
-/// published to Trove (no `-I`) unless `--no-guest-agent`.
-fn wants_guest_agent(args: &MakeArgs) -> Result<bool, UsageError> {
+/// (`--guest-agent`, `-x trove-guest-agent`), else whenever an amd64 image
+/// is published to Trove (no `-I`) unless `--no-guest-agent`. ppc64le gets
+/// it only when asked: several of its dependencies have no ppc64le wheels
+/// and the image has no compiler, so the default would fail the build.
+fn wants_guest_agent(args: &MakeArgs, arch: Arch) -> Result<bool, UsageError> {
     let asked = args.guest_agent || args.elements.iter().any(|e| e == guest_agent::ELEMENT);
     if asked && args.no_guest_agent {
         return Err(UsageError(format!("--no-guest-agent contradicts -x {}", guest_agent::ELEMENT)));
     }
-    Ok(asked || (!args.image_only && !args.no_guest_agent))
+    let by_default = !args.image_only && !args.no_guest_agent;
+    if by_default && !asked && arch == Arch::Ppc64le {
+        tracing::warn!(
+            "the Trove guest agent is left out of ppc64le images by default (some of its dependencies need a \
+             compiler there); pass --guest-agent to try, or --no-guest-agent to silence this"
+        );
+        return Ok(false);
+    }
+    Ok(asked || by_default)
 }
 
 fn check_user_name(user: &str) -> Result<(), UsageError> {
@@ -515,8 +525,11 @@ mod tests {
 
     #[test]
     fn guest_agent_when_publishing_or_asked() {
-        let wants = |extra: &[&str]| wants_guest_agent(&make_args(extra).unwrap());
+        let wants = |extra: &[&str]| wants_guest_agent(&make_args(extra).unwrap(), Arch::Amd64);
         assert!(wants(&[]).unwrap(), "publishing to Trove");
+        let ppc = |extra: &[&str]| wants_guest_agent(&make_args(extra).unwrap(), Arch::Ppc64le).unwrap();
+        assert!(!ppc(&[]), "ppc64le only when asked");
+        assert!(ppc(&["--guest-agent"]));
         assert!(!wants(&["-I"]).unwrap());
         assert!(wants(&["-I", "--guest-agent"]).unwrap());
         assert!(wants(&["-I", "-x", "trove-guest-agent"]).unwrap());

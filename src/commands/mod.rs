@@ -113,4 +113,23 @@ mod tests {
         let shown = crate::run::redact("auth failed for S3cretPw-x at 10.0.0.1");
         assert_eq!(shown, "auth failed for *** at 10.0.0.1");
     }
+
+    #[test]
+    fn guest_agent_conf_from_the_controller_or_the_settings() {
+        let base = Settings::load().unwrap();
+        let without = Settings { guest_agent: Default::default(), ..base.clone() };
+        assert_eq!(guest_agent_conf(&without, None).unwrap(), None);
+        let with = Settings {
+            guest_agent: [("transport_url".to_string(), "rabbit://trove:settings-pw-1@192.0.2.1/".to_string())].into(),
+            ..base
+        };
+        let rendered = guest_agent_conf(&with, None).unwrap().unwrap();
+        assert!(rendered.contains("\ntransport_url = rabbit://trove:settings-pw-1@192.0.2.1/\n"), "{rendered}");
+        assert!(crate::run::redact(&rendered).contains("\ntransport_url = ***\n"));
+        // The controller's file wins, byte for byte, and its credentials
+        // are redacted from then on.
+        let controller = "[DEFAULT]\ntransport_url = rabbit://trove:controller-pw-2@10.0.0.1:5672/\ndebug = True";
+        assert_eq!(guest_agent_conf(&with, Some(controller)).unwrap().as_deref(), Some(controller));
+        assert_eq!(crate::run::redact(controller), "[DEFAULT]\ntransport_url = ***\ndebug = True");
+    }
 }
