@@ -60,7 +60,7 @@ pub struct PlaybookArgs {
 pub enum PlaybookCommand {
     /// Run the tasks of a playbook file against one host.
     Run(PlaybookRunArgs),
-    /// Add a host's SSH host keys to dbimage's known_hosts (after showing them).
+    /// Show a host's SSH host key fingerprints; with --yes, trust them (dbimage's known_hosts).
     Trust(PlaybookTrustArgs),
 }
 
@@ -94,6 +94,10 @@ pub struct PlaybookTrustArgs {
     /// SSH port (default: the settings', else 22).
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// Write the keys into known_hosts, replacing the host's old ones (check
+    /// the fingerprints first).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// `dbimage upload`.

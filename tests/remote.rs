@@ -145,21 +145,34 @@ fn unknown_host_keys_are_refused_until_trusted() {
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
     assert!(err.lines().last().unwrap().starts_with("error:"), "the error is one line: {err}");
 
-    let mut c = dbimage();
-    c.args(["playbook", "trust", "127.0.0.1", "--port", &sshd.port.to_string()]).env("DBIMAGE_KNOWN_HOSTS", &known);
-    let out = run(c);
-    assert!(out.status.success());
+    let trust = |yes: bool| {
+        let mut c = dbimage();
+        c.args(["playbook", "trust", "127.0.0.1", "--port", &sshd.port.to_string()]).env("DBIMAGE_KNOWN_HOSTS", &known);
+        if yes {
+            c.arg("--yes");
+        }
+        let out = run(c);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
     let print = std::process::Command::new("ssh-keygen").arg("-lf").arg(&sshd.host_pub).output().unwrap();
     let fingerprint = String::from_utf8_lossy(&print.stdout).split_whitespace().nth(1).unwrap().to_string();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&fingerprint), "the real host key's fingerprint is shown");
+    // Without --yes it only shows the real host key's fingerprint.
+    assert!(trust(false).contains(&fingerprint));
+    assert!(!known.exists(), "nothing trusted without --yes");
+    assert!(trust(true).contains("trusted"));
     assert!(run(playbook(&sshd, &book, &known)).status.success());
 
-    // A changed host key is refused, naming the file to fix.
+    // A changed host key is refused, naming the file to fix; trusting again
+    // replaces the old key instead of adding beside it.
     std::fs::write(&known, format!("[127.0.0.1]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMUb1Kf0Jh3h0y0bQ9mZkVbZbQ9mZkVbZbQ9mZkVbZbQ\n", sshd.port)).unwrap();
     let out = run(playbook(&sshd, &book, &known));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("differs") || err.contains("is not in"), "{err}");
+    assert!(err.contains("differs") && err.contains("remove the old line"), "{err}");
+    assert!(trust(true).contains("replacing 1 old key"));
+    assert!(run(playbook(&sshd, &book, &known)).status.success());
+    assert_eq!(std::fs::read_to_string(&known).unwrap().lines().count(), 1);
 }
 
 /// A guest agent configuration as a controller would hold it.

@@ -1,5 +1,5 @@
-//! `dbimage playbook run|trust`: run a playbook by hand, and add a host's
-//! SSH host keys to the known_hosts file dbimage checks strictly.
+//! `dbimage playbook run|trust`: run a playbook by hand, and show and trust
+//! a host's SSH host keys (the known_hosts file dbimage checks strictly).
 
 use std::path::PathBuf;
 
@@ -22,12 +22,9 @@ fn run_playbook(args: PlaybookRunArgs, settings: &Settings) -> anyhow::Result<()
     let file = find(&args.file, settings)?;
     let book = Playbook::load(&file)?;
     let mut vars = playbook::parse_vars(&args.vars).map_err(|e| UsageError(format!("-e {e}")))?;
-    let secrets = playbook::parse_vars(&args.secrets).map_err(|e| UsageError(format!("--secret {e}")))?;
-    for (k, v) in secrets {
-        crate::run::add_secret(v.to_string());
-        vars.insert(k, v);
-    }
-    let mut target = crate::remote::resolve_target(&args.host, settings);
+    let secrets = playbook::parse_secrets(&args.secrets).map_err(|e| UsageError(format!("--secret {e}")))?;
+    vars.extend(secrets);
+    let mut target = crate::remote::resolve_target(&args.host, settings)?;
     target.ssh.port = args.port.or(target.ssh.port);
     target.ssh.key = args.key.or(target.ssh.key);
     let mut conn = Connection::open(&target)?;
@@ -56,13 +53,25 @@ fn find(file: &std::path::Path, settings: &Settings) -> Result<PathBuf, UsageErr
 }
 
 fn trust(args: PlaybookTrustArgs, settings: &Settings) -> anyhow::Result<()> {
-    let target = crate::remote::resolve_target(&args.host, settings);
+    let target = crate::remote::resolve_target(&args.host, settings)?;
     let port = args.port.or(target.ssh.port);
-    let prints = ssh::trust(&target.host, port, &settings.known_hosts)?;
-    println!("added to {}:", settings.known_hosts.display());
-    for p in prints {
+    let keys = ssh::scan(&target.host, port)?;
+    println!("{} offers:", target.host);
+    for p in &keys.fingerprints {
         println!("  {p}");
     }
-    println!("compare these fingerprints with the host's own (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on it)");
+    if !args.yes {
+        println!(
+            "compare them with the host's own (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it), \
+             then run this again with --yes"
+        );
+        return Ok(());
+    }
+    let replaced = ssh::trust(&keys, &settings.known_hosts)?;
+    println!(
+        "trusted: written to {}{}",
+        settings.known_hosts.display(),
+        if replaced > 0 { format!(" (replacing {replaced} old key(s))") } else { String::new() }
+    );
     Ok(())
 }

@@ -46,6 +46,7 @@ pub struct Request<'a> {
 /// planning so the VM's architecture is the default target.
 pub struct BuildVm {
     conn: Connection,
+    playbook: Playbook,
     /// The VM's architecture, when dbimage knows it.
     pub arch: Option<Arch>,
 }
@@ -53,18 +54,18 @@ pub struct BuildVm {
 impl BuildVm {
     /// Connects to `host` (an address or `dibvm`) and asks its architecture.
     pub fn connect(host: &str, settings: &Settings) -> anyhow::Result<BuildVm> {
-        let target: Target = super::resolve_target(host, settings);
+        let playbook = Playbook::load(&settings.data_dir.join("playbooks").join(PLAYBOOK))?;
+        let target: Target = super::resolve_target(host, settings)?;
         let conn = Connection::open(&target)?;
         let uname = conn.run("uname -m", &mut Default::default())?;
         let arch = uname.stdout.trim().parse::<Arch>().ok();
         tracing::info!("build VM {target}: {}", uname.stdout.trim());
-        Ok(BuildVm { conn, arch })
+        Ok(BuildVm { conn, playbook, arch })
     }
 
     /// Runs the build on the VM and moves the image and its manifest into
     /// the plan's output paths; returns the image path.
     pub fn build(mut self, args: &MakeArgs, settings: &Settings, req: &Request<'_>) -> anyhow::Result<PathBuf> {
-        let playbook = Playbook::load(&settings.data_dir.join("playbooks").join(PLAYBOOK))?;
         let outdir = req.plan.output.parent().unwrap_or(Path::new(".")).to_path_buf();
         std::fs::create_dir_all(&outdir)?;
         // Fetched files land here first; dropped on any failure.
@@ -75,6 +76,10 @@ impl BuildVm {
         let mut make = vec!["make".to_string()];
         let mut env = remote_env(settings, &work);
         stage_request(args, req, stage.path(), &work, &mut make, &mut env)?;
+        // Sourced by the build: values (DIB_* may hold credentials) stay out
+        // of the VM's process list and of the logs.
+        let env_file: String = env.iter().map(|(k, v)| format!("{k}={}\n", quote(v))).collect();
+        crate::atomic::write_file(&stage.path().join("env"), env_file.as_bytes(), 0o600)?;
 
         let mut vars = Vars::new();
         let mut set = |k: &str, v: Value| vars.insert(k.to_string(), v);
@@ -82,10 +87,9 @@ impl BuildVm {
         set("data_dir", Value::from(settings.data_dir.display().to_string()));
         set("stage", Value::from(stage.path().display().to_string()));
         set("binary", Value::from(std::env::current_exe()?.display().to_string()));
-        set("local_arch", Value::from(std::env::consts::ARCH));
+        set("local_arch", Value::from(Arch::host().map_or(std::env::consts::ARCH, Arch::uname)));
         set("version", Value::from(env!("CARGO_PKG_VERSION")));
         set("make_args", Value::from(make[1..].iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")));
-        set("env", Value::from(env.iter().map(|(k, v)| quote(&format!("{k}={v}"))).collect::<Vec<_>>().join(" ")));
         set("fetch_dir", Value::from(fetch_dir.path().display().to_string()));
         set("tools", Value::from_iter(TOOLS));
         if let Some(p) = &args.package {
@@ -99,8 +103,14 @@ impl BuildVm {
                 tracing::info!("[{host}] {line}");
             }
         };
-        playbook.run(&mut self.conn, &mut vars, &mut show)?;
+        if let Err(e) = self.playbook.run(&mut self.conn, &mut vars, &mut show) {
+            if e.is_lost() {
+                tracing::warn!("if {host} could not be reached again, remove {work} there by hand");
+            }
+            return Err(e.into());
+        }
         self.conn.close();
+        crate::run::check_cancelled()?;
 
         let name = vars
             .get("built")
@@ -139,7 +149,11 @@ fn remote_env(settings: &Settings, work: &str) -> Vec<(String, String)> {
         ("DBIMAGE_SECURITY_SKIP".to_string(), settings.security_skip.join(",")),
         ("DBIMAGE_SOURCE".to_string(), settings.source.clone()),
     ];
-    env.extend(std::env::vars().filter(|(k, _)| k.starts_with("DIB_")));
+    env.extend(
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with("DIB_")),
+    );
     env
 }
 

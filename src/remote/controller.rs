@@ -34,7 +34,7 @@ pub fn fetch(settings: &Settings) -> anyhow::Result<Option<Metadata>> {
     let Some(ctl) = &settings.controller else {
         return Ok(None);
     };
-    let target = super::resolve_target("controller", settings);
+    let target = super::resolve_target("controller", settings)?;
     let playbook = Playbook::load(&settings.data_dir.join("playbooks").join(PLAYBOOK))?;
     let mut conn = Connection::open(&target)?;
     let mut vars = Vars::new();

@@ -50,11 +50,17 @@ fn tail_text(tail: &[String]) -> String {
 /// The host a `--host` or `-i` value names: `dibvm` and `controller` are the
 /// hosts of the settings file; anything else is an address (optionally
 /// `user@address`) reached with the build VM's SSH settings.
-pub fn resolve_target(name: &str, settings: &Settings) -> ssh::Target {
-    let (host, ssh) = match (name, &settings.controller) {
-        ("controller", Some(c)) => (c.ssh.host.clone().unwrap_or_default(), c.ssh.clone()),
-        ("dibvm", _) if settings.dibvm.host.is_some() => {
-            (settings.dibvm.host.clone().unwrap_or_default(), settings.dibvm.clone())
+pub fn resolve_target(name: &str, settings: &Settings) -> Result<ssh::Target, RemoteError> {
+    let (host, ssh) = match (name, &settings.controller, &settings.dibvm.host) {
+        ("controller", Some(c), _) => (c.ssh.host.clone().unwrap_or_default(), c.ssh.clone()),
+        ("controller", None, _) => {
+            return Err(RemoteError::Setup(
+                "no controller in the settings; set controller.host (or DBIMAGE_CONTROLLER_IP)".into(),
+            ));
+        }
+        ("dibvm", _, Some(h)) => (h.clone(), settings.dibvm.clone()),
+        ("dibvm", _, None) => {
+            return Err(RemoteError::Setup("no build VM in the settings; set dibvm.host or give an address".into()));
         }
         _ => (name.to_string(), settings.dibvm.clone()),
     };
@@ -62,5 +68,5 @@ pub fn resolve_target(name: &str, settings: &Settings) -> ssh::Target {
         Some((u, h)) => (Some(u.to_string()), h.to_string()),
         None => (ssh.user.clone(), host),
     };
-    ssh::Target { host, ssh: RemoteHost { user, ..ssh }, known_hosts: settings.known_hosts.clone() }
+    Ok(ssh::Target { host, ssh: RemoteHost { user, ..ssh }, known_hosts: settings.known_hosts.clone() })
 }

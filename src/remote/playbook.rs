@@ -183,6 +183,9 @@ impl Playbook {
             if let Some(w) = &f.when {
                 env.compile_expression(w).map_err(|e| at(format!("when: {e}")))?;
             }
+            if let Action::Copy(t) | Action::Fetch(t) | Action::Template(t) = &action {
+                parse_mode(t.mode.as_deref()).map_err(|e| at(e.to_string()))?;
+            }
             if let Some(r) = &f.register
                 && (r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
             {
@@ -219,21 +222,27 @@ impl Playbook {
         let env = environment();
         let base = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut failed: Option<PlaybookError> = None;
+        // Whether the connection is known to be gone (reconnect once for
+        // `always` tasks; give up on them when that fails).
+        let mut lost = false;
         for task in &self.tasks {
+            let host = conn.target().to_string();
+            let wrap = |error: TaskError| PlaybookError::Task { task: task.name.clone(), host: host.clone(), error };
+            if failed.is_none() && crate::run::cancelled() {
+                failed = Some(wrap(RemoteError::Interrupted.into()));
+            }
             if failed.is_some() && !task.always {
                 continue;
             }
-            if failed.as_ref().is_some_and(PlaybookError::is_lost) {
+            if lost {
                 match Connection::open(conn.target()) {
                     Ok(c) => *conn = c,
                     Err(e) => {
-                        tracing::warn!("cannot reconnect for '{}': {e}", task.name);
-                        continue;
+                        tracing::warn!("cannot reconnect to {host} for the cleanup tasks: {e}");
+                        break;
                     }
                 }
             }
-            let host = conn.target().to_string();
-            let wrap = |error: TaskError| PlaybookError::Task { task: task.name.clone(), host: host.clone(), error };
             let result = match &task.items {
                 None => task.execute(&env, &base, conn, vars, on_line),
                 Some(items) => items.iter().try_for_each(|item| {
@@ -241,6 +250,7 @@ impl Playbook {
                     task.execute(&env, &base, conn, vars, on_line)
                 }),
             };
+            lost = matches!(result, Err(TaskError::Remote(RemoteError::Lost { .. })));
             match result {
                 Ok(()) => {}
                 Err(e) if task.ignore_errors && !matches!(e, TaskError::Remote(RemoteError::Interrupted)) => {
@@ -283,7 +293,8 @@ impl Task {
                 return Ok(());
             }
         }
-        tracing::info!("{}", render(env, &self.name, vars).unwrap_or_else(|_| self.name.clone()));
+        let shown = render(env, &self.name, vars).unwrap_or_else(|_| self.name.clone());
+        tracing::info!("{}", crate::run::redact(&shown));
         let local = |p: &str| base.join(p);
         match &self.action {
             Action::Run(script) => {
@@ -348,6 +359,22 @@ impl Task {
     }
 }
 
+/// Parses `--secret KEY=VALUE` pairs and registers their values for
+/// redaction; values shorter than 4 characters cannot be redacted safely.
+pub fn parse_secrets(pairs: &[String]) -> Result<Vars, String> {
+    let vars = parse_vars(pairs)?;
+    for (k, v) in &vars {
+        let value = v.to_string();
+        if value.len() < 4 {
+            return Err(format!("{k}: a secret must be at least 4 characters to be redacted"));
+        }
+        crate::run::add_secret(value.clone());
+        // Also as the `quote` filter writes it, for the debug log.
+        crate::run::add_secret(super::ssh::quote(&value));
+    }
+    Ok(vars)
+}
+
 /// Parses `KEY=VALUE` pairs from the command line into variables.
 pub fn parse_vars(pairs: &[String]) -> Result<Vars, String> {
     let mut vars = Vars::new();
@@ -389,6 +416,8 @@ mod tests {
         assert!(e.contains("task 'task 1'"), "{e}");
         let e = load("- run: x\n  when: a ==\n").unwrap_err().to_string();
         assert!(e.contains("when"), "{e}");
+        let e = load("- copy: {src: a, dest: b, mode: rw}\n").unwrap_err().to_string();
+        assert!(e.contains("not octal"), "{e}");
         let e = load("- run: x\n  register: a-b\n").unwrap_err().to_string();
         assert!(e.contains("not a variable name"), "{e}");
         let p = load("- run: echo {{ x | quote }}\n  register: out\n  when: y is defined\n").unwrap();
@@ -411,5 +440,8 @@ mod tests {
         assert_eq!(v["b"].as_str(), Some("x=y"));
         assert!(parse_vars(&["novalue".into()]).is_err());
         assert!(parse_vars(&["a-b=1".into()]).is_err());
+        assert!(parse_secrets(&["pw=abc".into()]).unwrap_err().contains("at least 4"));
+        parse_secrets(&["pw=it's-long".into()]).unwrap();
+        assert_eq!(crate::run::redact("echo 'it'\\''s-long' it's-long"), "echo *** ***");
     }
 }

@@ -28,11 +28,12 @@ const MASTER_IDLE_SECS: usize = 60;
 
 /// The wrapper every remote command runs in. `$1` is the command. Background
 /// jobs of a non-interactive shell get /dev/null as stdin, hence the copy of
-/// the session's stdin on fd 3 for the watchdog.
+/// the session's stdin on fd 3 for the watchdog, which asks the command's
+/// process group to stop and kills it 30 s later.
 const WATCHDOG: &str = r#"exec 3<&0
 setsid sh -c "$1" </dev/null &
 pid=$!
-{ cat <&3 >/dev/null 2>&1; kill -TERM "-$pid" 2>/dev/null; } &
+{ cat <&3; kill -TERM "-$pid"; sleep 30; kill -KILL "-$pid"; } >/dev/null 2>&1 &
 watch=$!
 wait "$pid"; rc=$?
 kill "$watch" 2>/dev/null
@@ -136,6 +137,12 @@ impl Connection {
         let mut conn = Connection { session: Some(session), target: target.clone(), is_root: false };
         let id = conn.exec("id -u", &mut Exec { no_log: true, ..Default::default() })?;
         conn.is_root = id.stdout.trim() == "0";
+        if !conn.is_root && target.ssh.sudo && conn.exec("sudo -n true", &mut Exec { no_log: true, ..Default::default() })?.rc != 0 {
+            return Err(RemoteError::Setup(format!(
+                "{target}: the user needs passwordless sudo (NOPASSWD) for tasks run as root; or log in as \
+                 root, or set sudo: false for this host"
+            )));
+        }
         Ok(conn)
     }
 
@@ -177,20 +184,21 @@ impl Connection {
                 .map_err(|e| RemoteError::Lost { host: host.clone(), tail: vec![e.to_string()] })?;
             // Held open until the command ends: its EOF is the watchdog's signal.
             let mut stdin = child.stdin().take();
-            let mut out = child.stdout().take().map(|s| BufReader::new(s).lines());
-            let mut err = child.stderr().take().map(|s| BufReader::new(s).lines());
+            let mut out = child.stdout().take().map(BufReader::new);
+            let mut err = child.stderr().take().map(BufReader::new);
+            let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
             let mut result = Output::default();
             let mut tail = VecDeque::new();
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             while out.is_some() || err.is_some() {
                 tokio::select! {
-                    l = async { out.as_mut().map(|o| o.next_line()).expect("guarded").await }, if out.is_some() => match l {
-                        Ok(Some(l)) => keep(&l, &mut result.stdout, &mut tail, no_log, on_line),
-                        _ => out = None,
+                    n = next_line(&mut out, &mut out_buf), if out.is_some() => match n {
+                        Some(l) => keep(&l, &mut result.stdout, &mut tail, no_log, on_line),
+                        None => out = None,
                     },
-                    l = async { err.as_mut().map(|o| o.next_line()).expect("guarded").await }, if err.is_some() => match l {
-                        Ok(Some(l)) => keep(&l, &mut result.stderr, &mut tail, no_log, on_line),
-                        _ => err = None,
+                    n = next_line(&mut err, &mut err_buf), if err.is_some() => match n {
+                        Some(l) => keep(&l, &mut result.stderr, &mut tail, no_log, on_line),
+                        None => err = None,
                     },
                     _ = tick.tick() => if stoppable && run::cancelled() {
                         stdin = None; // the watchdog stops the command
@@ -238,15 +246,15 @@ impl Connection {
     /// with `mode` when given.
     pub fn upload(&self, src: &Path, dest: &str, mode: Option<u32>, become_root: bool) -> Result<(), RemoteError> {
         let meta = fs::metadata(src).map_err(|e| RemoteError::Setup(format!("{}: {e}", src.display())))?;
+        let mut writer = None;
         let (script, feed): (String, OwnedFd) = if meta.is_dir() {
             let (read, write) = nix::unistd::pipe().map_err(|e| RemoteError::Setup(format!("pipe: {e}")))?;
             let dir = src.to_path_buf();
-            std::thread::spawn(move || {
+            writer = Some(std::thread::spawn(move || {
                 let mut tar = tar::Builder::new(fs::File::from(write));
                 tar.follow_symlinks(false);
-                // A failure shows up remotely as a truncated archive.
-                let _ = tar.append_dir_all(".", &dir).and_then(|_| tar.finish());
-            });
+                tar.append_dir_all(".", &dir).and_then(|_| tar.finish())
+            }));
             (format!("mkdir -p {d} && tar -x --no-same-owner -C {d}", d = quote(dest)), read)
         } else {
             let file = fs::File::open(src).map_err(|e| RemoteError::Setup(format!("{}: {e}", src.display())))?;
@@ -254,7 +262,7 @@ impl Connection {
             let tmp = format!("{dest}.dbimage-part");
             (
                 format!(
-                    "mkdir -p \"$(dirname {d})\" && cat > {t} && chmod {mode:o} {t} && mv -f {t} {d}",
+                    "trap 'rm -f {t}' EXIT; mkdir -p \"$(dirname {d})\" && cat > {t} && chmod {mode:o} {t} && mv -fT {t} {d}",
                     d = quote(dest),
                     t = quote(&tmp)
                 ),
@@ -262,13 +270,24 @@ impl Connection {
             )
         };
         tracing::debug!("[{}] copy {} -> {dest}", self.target, src.display());
-        self.pipe(&script, Stdio::from(feed), Stdio::piped(), become_root)
+        let sent = self.pipe(&script, Stdio::from(feed), Stdio::piped(), become_root);
+        // A local read error can end the archive cleanly at a file boundary,
+        // which tar accepts; the writer's own result tells.
+        let written = writer.map(|w| w.join());
+        sent?;
+        match written {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(RemoteError::Setup(format!("copying {}: {e}", src.display()))),
+            Some(Err(_)) => Err(RemoteError::Setup(format!("copying {}: the archiver failed", src.display()))),
+        }
     }
 
     /// Copies a remote file to `dest`, through a temporary file beside it,
     /// so `dest` appears complete or not at all.
     pub fn download(&self, src: &str, dest: &Path, become_root: bool) -> Result<u64, RemoteError> {
-        let part = dest.with_extension("dbimage-part");
+        let mut part = dest.as_os_str().to_owned();
+        part.push(".dbimage-part");
+        let part = PathBuf::from(part);
         let file = fs::File::create(&part).map_err(|e| RemoteError::Setup(format!("{}: {e}", part.display())))?;
         tracing::debug!("[{}] fetch {src} -> {}", self.target, dest.display());
         let result = self
@@ -342,6 +361,22 @@ impl Drop for Connection {
     }
 }
 
+/// The next line of `reader` (lossy UTF-8, without its newline), or `None`
+/// at the end or on a read error.
+async fn next_line<R: tokio::io::AsyncRead + Unpin>(reader: &mut Option<BufReader<R>>, buf: &mut Vec<u8>) -> Option<String> {
+    let r = reader.as_mut()?;
+    buf.clear();
+    match r.read_until(b'\n', buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => {
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            }
+            Some(String::from_utf8_lossy(buf).into_owned())
+        }
+    }
+}
+
 fn keep(line: &str, into: &mut String, tail: &mut VecDeque<String>, no_log: bool, on_line: &mut Option<&mut dyn FnMut(&str)>) {
     into.push_str(line);
     into.push('\n');
@@ -400,6 +435,11 @@ fn connect_error(target: &Target, e: &openssh::Error) -> RemoteError {
             target.host,
             target.ssh.port.map(|p| format!(" --port {p}")).unwrap_or_default()
         ))
+    } else if text.contains("UNPROTECTED PRIVATE KEY") || text.contains("bad permissions") || text.contains("Load key") {
+        RemoteError::Setup(format!(
+            "ssh cannot use the key {} for {target}: it must be readable by this user only (chmod 600)",
+            target.ssh.key.as_ref().map(|k| k.display().to_string()).unwrap_or_default()
+        ))
     } else if text.contains("Permission denied") {
         RemoteError::Setup(format!(
             "{target} refused the SSH key{}: check the user and that the key is in its authorized_keys",
@@ -414,49 +454,80 @@ fn first_line(s: &str) -> &str {
     s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim()
 }
 
-/// Fetches the host keys of `host` with `ssh-keyscan` and appends them to
-/// `known_hosts`; returns the fingerprints (`ssh-keygen -l` lines) so the
-/// caller can show them for checking.
-pub fn trust(host: &str, port: Option<u16>, known_hosts: &Path) -> Result<Vec<String>, RemoteError> {
+/// A host's SSH host keys as `ssh-keyscan` saw them.
+#[derive(Debug)]
+pub struct HostKeys {
+    /// known_hosts lines.
+    pub lines: Vec<String>,
+    /// Their fingerprints (`ssh-keygen -l` lines), for the user to check.
+    pub fingerprints: Vec<String>,
+}
+
+/// Asks `host` for its host keys; changes nothing.
+pub fn scan(host: &str, port: Option<u16>) -> Result<HostKeys, RemoteError> {
     let mut scan = Cmd::new("ssh-keyscan").args(["-T", "10"]);
     if let Some(p) = port {
         scan = scan.arg("-p").arg(p.to_string());
     }
-    let keys = scan.arg(host).output().map_err(|e| RemoteError::Setup(e.to_string()))?;
-    let keys: Vec<&str> = keys.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
-    if keys.is_empty() {
+    let out = scan.arg(host).output().map_err(|e| RemoteError::Setup(e.to_string()))?;
+    let lines: Vec<String> =
+        out.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).map(|l| l.trim().to_string()).collect();
+    if lines.is_empty() {
         return Err(RemoteError::Setup(format!(
             "{host} offered no host keys on port {}; is sshd running there?",
             port.unwrap_or(22)
         )));
     }
     let mut scratch = tempfile::NamedTempFile::new().map_err(|e| RemoteError::Setup(e.to_string()))?;
-    std::io::Write::write_all(&mut scratch, (keys.join("\n") + "\n").as_bytes())
+    std::io::Write::write_all(&mut scratch, (lines.join("\n") + "\n").as_bytes())
         .map_err(|e| RemoteError::Setup(e.to_string()))?;
-    let prints = Cmd::new("ssh-keygen").arg("-l").arg("-f").arg(scratch.path()).output()
+    let prints = Cmd::new("ssh-keygen")
+        .arg("-l")
+        .arg("-f")
+        .arg(scratch.path())
+        .output()
         .map_err(|e| RemoteError::Setup(e.to_string()))?;
-    if let Some(dir) = known_hosts.parent() {
-        fs::create_dir_all(dir).map_err(|e| RemoteError::Setup(format!("{}: {e}", dir.display())))?;
-    }
+    Ok(HostKeys { lines, fingerprints: prints.lines().map(str::to_string).collect() })
+}
+
+/// Writes `keys` into `known_hosts` in place of any key it held for the
+/// same host, atomically; returns how many old lines were replaced.
+pub fn trust(keys: &HostKeys, known_hosts: &Path) -> Result<usize, RemoteError> {
+    let hosts: Vec<&str> = keys.lines.iter().filter_map(|l| l.split_whitespace().next()).collect();
     let existing = fs::read_to_string(known_hosts).unwrap_or_default();
-    let mut text = existing.clone();
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    for k in &keys {
-        if !existing.lines().any(|l| l.trim() == k.trim()) {
-            text.push_str(k.trim());
+    let mut replaced = 0;
+    let mut text = String::new();
+    for line in existing.lines() {
+        if line.split_whitespace().next().is_some_and(|h| hosts.contains(&h)) {
+            replaced += 1;
+        } else {
+            text.push_str(line);
             text.push('\n');
         }
     }
+    for l in &keys.lines {
+        text.push_str(l);
+        text.push('\n');
+    }
     crate::atomic::write_file(known_hosts, text.as_bytes(), 0o600)
         .map_err(|e| RemoteError::Setup(format!("{}: {e}", known_hosts.display())))?;
-    Ok(prints.lines().map(str::to_string).collect())
+    Ok(replaced)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusting_replaces_a_hosts_old_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("sub/known_hosts");
+        fs::create_dir_all(kh.parent().unwrap()).unwrap();
+        fs::write(&kh, "other ssh-ed25519 AAAA1\n[h]:2222 ssh-ed25519 OLD\n").unwrap();
+        let keys = HostKeys { lines: vec!["[h]:2222 ssh-ed25519 NEW".into()], fingerprints: vec![] };
+        assert_eq!(trust(&keys, &kh).unwrap(), 1);
+        assert_eq!(fs::read_to_string(&kh).unwrap(), "other ssh-ed25519 AAAA1\n[h]:2222 ssh-ed25519 NEW\n");
+    }
 
     #[test]
     fn quoting_survives_the_shell() {

@@ -115,6 +115,10 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        // The connections' processes too, all started by this server.
+        for pid in descendants(self.child.id()) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
