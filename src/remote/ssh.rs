@@ -110,8 +110,14 @@ impl Connection {
                 k.display()
             )));
         }
+        // Only dbimage's known_hosts decides: the system-wide file is off,
+        // the user's own ssh configuration still applies.
+        let mut config = tempfile::NamedTempFile::new().map_err(|e| RemoteError::Setup(e.to_string()))?;
+        std::io::Write::write_all(&mut config, b"GlobalKnownHostsFile /dev/null\nInclude ~/.ssh/config\n")
+            .map_err(|e| RemoteError::Setup(e.to_string()))?;
         let mut b = SessionBuilder::default();
-        b.known_hosts_check(KnownHosts::Strict)
+        b.config_file(config.path())
+            .known_hosts_check(KnownHosts::Strict)
             .user_known_hosts_file(&target.known_hosts)
             .connect_timeout(Duration::from_secs(target.ssh.connect_timeout.max(1)))
             .server_alive_interval(Duration::from_secs(15))
