@@ -160,10 +160,10 @@ fn patch_copy(req: &Request, settings: &Settings) -> anyhow::Result<Vec<String>>
     let copied = td.mark();
 
     let raw = work.join("disk.raw");
-    export::export_raw(&mut td, &tmp, &raw)?;
+    export::export_raw(&mut td, &tmp, "qcow2", &raw, export::Access::ReadWrite)?;
     check_cancelled()?;
     let root_part = inspect::locate_root(&raw, &req.input)?;
-    let device = loopback::attach_range(&mut td, &raw, root_part.start, root_part.size)?;
+    let device = loopback::attach_range(&mut td, &raw, root_part.start, root_part.size, false)?;
     let root = work.join("root");
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let fstype = root_part.filesystem.map(|f| f.name()).unwrap_or("ext4");
