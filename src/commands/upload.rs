@@ -16,7 +16,7 @@ use crate::arch::Arch;
 use crate::build::manifest::{self, ImageInfo};
 use crate::build::plan::read_key;
 use crate::cli::UploadArgs;
-use crate::commands::{UsageError, guest_agent_conf, publish};
+use crate::commands::{UsageError, file_stem, guest_agent_conf, publish, same_file};
 use crate::disk::guard::{Teardown, Undo};
 use crate::disk::{binfmt, chroot, export, loopback, mount};
 use crate::image::{self, inspect, patch};
@@ -73,13 +73,6 @@ fn find_input(file: &Path, images_dir: &Path) -> anyhow::Result<PathBuf> {
     .into())
 }
 
-fn file_stem(path: &Path) -> anyhow::Result<String> {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .map(str::to_string)
-        .ok_or_else(|| UsageError(format!("{}: cannot derive a name from this file name", path.display())).into())
-}
-
 /// Checks every input and resolves keys, names and the guest agent
 /// configuration; nothing on the host changes.
 fn plan(args: &UploadArgs, settings: &Settings) -> anyhow::Result<Request> {
@@ -133,13 +126,6 @@ fn plan(args: &UploadArgs, settings: &Settings) -> anyhow::Result<Request> {
         (k, c) => k.or(c),
     };
     Ok(Request { input, info, dest, guest_agent, key, user: args.user.clone(), script: args.script.clone() })
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (fs::canonicalize(a), fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// Copies, patches and renames into place; returns what was done.
