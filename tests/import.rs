@@ -208,3 +208,35 @@ fn bad_requests_are_refused_before_anything_is_done() {
     assert_eq!(scratch.outputs(), vec!["good.qcow2".to_string()]);
     assert_host_clean(&scratch);
 }
+
+/// SIGTERM while the QCOW2 is being written: exit 130, no partial file, no
+/// output, no daemon, loop device or work directory left.
+#[test]
+fn sigterm_during_conversion_leaves_nothing() {
+    require_root();
+    let scratch = Scratch::new();
+    let dir = scratch.dir.path().join("in");
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
+    // Incompressible data, so that compressing takes a while.
+    sh(&format!("head -c 64M /dev/urandom > {}", tree.join("noise").display()));
+    let raw = ext4_disk(&dir, "slow", None, 0, &tree);
+    let input = convert(&raw, "vdi");
+    let before = sha256(&input);
+    let mut c = scratch.cmd();
+    c.env_remove("OS_CLOUD").env_remove("OS_AUTH_URL");
+    c.arg("import").arg(&input).arg("--no-publish");
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !scratch.outputs().iter().any(|f| f.contains(".partial-")) {
+        assert!(child.try_wait().unwrap().is_none(), "import ended before converting");
+        assert!(std::time::Instant::now() < deadline, "the conversion never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(sha256(&input), before);
+    assert!(scratch.outputs().is_empty(), "output left: {:?}", scratch.outputs());
+    assert_host_clean(&scratch);
+}
