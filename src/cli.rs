@@ -43,8 +43,41 @@ pub enum Command {
     Publish(PublishArgs),
     /// Re-open an existing image, patch it for another cloud, and publish it.
     Upload(UploadArgs),
+    /// Bring a foreign disk image (raw, qcow2, vmdk, vhd, vdi) in: check, convert, publish.
+    Import(ImportArgs),
     /// Run a playbook against a host over SSH, or trust a host's SSH key.
     Playbook(PlaybookArgs),
+}
+
+/// `dbimage import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The disk image, in any format qemu-img reads (raw, qcow2, vmdk, vpc/vhd, vdi).
+    pub file: PathBuf,
+    /// Register it as this database's datastore version (needs -v); without -d/-v, Glance only.
+    #[arg(short = 'd', long = "database", value_name = "DB")]
+    pub db: Option<String>,
+    /// The datastore version (first two components count; needs -d).
+    #[arg(short = 'v', long = "db-version", value_name = "VER")]
+    pub db_version: Option<String>,
+    /// Image name, for the file and Glance (default: the input's file name without its extension).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Output directory (default: images/).
+    #[arg(short = 'o', long = "outdir", value_name = "DIR")]
+    pub outdir: Option<PathBuf>,
+    /// Replace an existing image of the same name.
+    #[arg(long)]
+    pub force: bool,
+    /// Write the QCOW2 to the output directory and stop there.
+    #[arg(long)]
+    pub no_publish: bool,
+    /// QCOW2 compression.
+    #[arg(long, value_enum, default_value_t = Compression::Zlib)]
+    pub compression: Compression,
+    /// How to publish.
+    #[command(flatten)]
+    pub publish: PublishOptions,
 }
 
 /// `dbimage playbook`.

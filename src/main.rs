@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         Command::Flavor(args) => commands::flavor::run(args),
         Command::Publish(args) => commands::publish::run(args),
         Command::Upload(args) => commands::upload::run(args),
+        Command::Import(args) => commands::import::run(args),
         Command::Playbook(args) => commands::playbook::run(args),
     };
     commands::exit(result)

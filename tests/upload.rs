@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -38,11 +38,6 @@ fn tree(dir: &Path, with_os_release: bool) -> PathBuf {
     t
 }
 
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(st.success(), "{cmd}");
-}
-
 /// The layouts: (name, sfdisk script or none, root offset in sectors,
 /// root's index in the table).
 const LAYOUTS: [(&str, Option<&str>, u64, Option<usize>); 3] = [
@@ -53,18 +48,7 @@ const LAYOUTS: [(&str, Option<&str>, u64, Option<usize>); 3] = [
 
 /// A compressed QCOW2 of 96 MiB with `tree` as its root filesystem.
 fn disk(dir: &Path, name: &str, table: Option<&str>, offset_sectors: u64, tree: &Path) -> PathBuf {
-    let raw = dir.join(format!("{name}.raw"));
-    sh(&format!("truncate -s 96M {}", raw.display()));
-    if let Some(t) = table {
-        sh(&format!("printf '{}' | sfdisk -q {}", t.replace('\n', "\\n"), raw.display()));
-    }
-    let size_mib = 96 - offset_sectors * 512 / (1 << 20) - 1;
-    sh(&format!(
-        "mkfs.ext4 -q -F -E offset={} -d {} {} {size_mib}M",
-        offset_sectors * 512,
-        tree.display(),
-        raw.display()
-    ));
+    let raw = ext4_disk(dir, name, table, offset_sectors, tree);
     let q = dir.join(format!("{name}.qcow2"));
     sh(&format!("qemu-img convert -q -c -O qcow2 {} {}", raw.display(), q.display()));
     std::fs::remove_file(raw).unwrap();
@@ -116,16 +100,6 @@ impl Fixture {
         self.scratch.assert_clean();
         assert!(no_daemon_of(self.scratch.dir.path()), "qemu-storage-daemon left running");
     }
-}
-
-/// No qemu-storage-daemon serving a file under `dir` is running.
-fn no_daemon_of(dir: &Path) -> bool {
-    let needle = dir.to_string_lossy().to_string();
-    std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        !(cmdline.contains("qemu-storage-daemon") && cmdline.contains(&needle))
-    })
 }
 
 #[test]

@@ -234,7 +234,7 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
     td.push(undo_partial.clone());
     steps.run("convert", || {
         let _ = fs::remove_file(&partial);
-        qcow2::convert(&raw, &partial, plan.compression)?;
+        qcow2::convert(&raw, "raw", &partial, plan.compression)?;
         Ok(())
     })?;
     let qcow2_size = fs::metadata(&partial)?.len();

@@ -1,6 +1,7 @@
 //! Publishing an image: Glance upload (or reuse of an identical one), then
-//! the Trove datastore version and its configuration parameters. Whatever
-//! this run created is removed again when a later step fails.
+//! (unless the image is published for Glance only) the Trove datastore
+//! version and its configuration parameters. Whatever this run created is
+//! removed again when a later step fails.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,8 +21,9 @@ pub struct PublishSpec {
     pub sha256: String,
     /// What Glance should hold.
     pub image: NewImage,
-    /// The Trove datastore version to point at it.
-    pub version: VersionSpec,
+    /// The Trove datastore version to point at it; `None` publishes to
+    /// Glance only.
+    pub version: Option<VersionSpec>,
     /// Configuration parameter rules for the version.
     pub parameters: Vec<Parameter>,
     /// Keep a freshly uploaded image when Trove refuses the version.
@@ -35,6 +37,13 @@ pub struct Published {
     pub image_id: String,
     /// True when an identical image was already there.
     pub reused: bool,
+    /// What Trove holds now, unless the image went to Glance only.
+    pub version: Option<Registered>,
+}
+
+/// The Trove side of a publish.
+#[derive(Debug, Clone)]
+pub struct Registered {
     /// The datastore version id.
     pub version_id: String,
     /// Whether the version was created or updated.
@@ -54,8 +63,14 @@ pub fn publish(session: &Session, spec: &PublishSpec) -> Result<Published, Cloud
     // Trove is asked first: a missing service or missing admin rights must
     // not cost an upload.
     let glance = Glance::new(session)?;
-    let trove = Trove::new(session)?;
-    trove.versions()?;
+    let trove = match &spec.version {
+        Some(_) => {
+            let trove = Trove::new(session)?;
+            trove.versions()?;
+            Some(trove)
+        }
+        None => None,
+    };
     let reusable = glance.find_by_name(&spec.image.name)?.into_iter().find(|i| {
         i.status == "active" && i.property("dbimage_sha256") == Some(spec.sha256.as_str())
     });
@@ -66,13 +81,16 @@ pub fn publish(session: &Session, spec: &PublishSpec) -> Result<Published, Cloud
         }
         None => (upload(&glance, spec)?, false),
     };
-    let version = VersionSpec { image: image_id.clone(), ..spec.version.clone() };
+    let (Some(trove), Some(version)) = (trove, &spec.version) else {
+        return Ok(Published { image_id, reused, version: None });
+    };
+    let version = VersionSpec { image: image_id.clone(), ..version.clone() };
     let registered = trove.upsert_version(&version).and_then(|(v, outcome)| {
-        let params = trove.sync_parameters(&v.id, &spec.parameters)?;
-        Ok((v, outcome, params))
+        let parameters = trove.sync_parameters(&v.id, &spec.parameters)?;
+        Ok(Registered { version_id: v.id, outcome, parameters })
     });
     match registered {
-        Ok((v, outcome, parameters)) => Ok(Published { image_id, reused, version_id: v.id, outcome, parameters }),
+        Ok(r) => Ok(Published { image_id, reused, version: Some(r) }),
         Err(e) if reused => Err(e),
         Err(e) if spec.keep_image => {
             tracing::warn!("Trove failed; keeping Glance image {image_id} as asked (--keep-image)");

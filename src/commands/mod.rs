@@ -3,6 +3,7 @@
 pub mod cleanup;
 pub mod datastores;
 pub mod flavor;
+pub mod import;
 pub mod inspect;
 pub mod make;
 pub mod playbook;
@@ -10,6 +11,8 @@ pub mod publish;
 pub mod test;
 pub mod upload;
 
+use std::fs;
+use std::path::Path;
 use std::process::ExitCode;
 
 use crate::elements::{self, Library};
@@ -65,6 +68,22 @@ fn hide(value: &str) {
         && let Some((_, pw)) = cred.split_once(':')
     {
         crate::run::add_secret(pw);
+    }
+}
+
+/// The file name of `path` without its extension (`a/pg-15.qcow2` → `pg-15`).
+pub fn file_stem(path: &Path) -> anyhow::Result<String> {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| UsageError(format!("{}: cannot derive a name from this file name", path.display())).into())
+}
+
+/// Whether `a` and `b` are the same existing file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 

@@ -60,7 +60,35 @@ pub fn publish_file(
     opts: &PublishOptions,
 ) -> anyhow::Result<()> {
     let target = Target::resolve(settings, info, db, version)?;
-    let spec = spec(settings, image, name, &target, info, opts)?;
+    publish_target(settings, image, name, Some(&target), info, &[], opts)
+}
+
+/// Publishes an image dbimage did not build (no manifest): registered as
+/// `datastore` (database, version) when given, else to Glance only, with
+/// `extra` Glance properties (e.g. where it came from).
+pub fn publish_foreign(
+    settings: &Settings,
+    image: &Path,
+    name: &str,
+    datastore: Option<(&str, &str)>,
+    extra: &[(&str, &str)],
+    opts: &PublishOptions,
+) -> anyhow::Result<()> {
+    let target = datastore.map(|(db, v)| Target::resolve(settings, None, Some(db), Some(v))).transpose()?;
+    publish_target(settings, image, name, target.as_ref(), None, extra, opts)
+}
+
+/// Checks the file, logs in, publishes and reports.
+fn publish_target(
+    settings: &Settings,
+    image: &Path,
+    name: &str,
+    target: Option<&Target>,
+    info: Option<&ImageInfo>,
+    extra: &[(&str, &str)],
+    opts: &PublishOptions,
+) -> anyhow::Result<()> {
+    let spec = spec(settings, image, name, target, info, extra, opts)?;
     let session = login(&opts.cloud)?;
     report(&spec, &publish::publish(&session, &spec)?);
     Ok(())
@@ -192,13 +220,15 @@ fn debian_version(release: &str) -> &str {
     }
 }
 
-/// Checks the file and assembles the publish spec (no network yet).
+/// Checks the file and assembles the publish spec (no network yet); without
+/// a target the image goes to Glance only.
 fn spec(
     settings: &Settings,
     image: &Path,
     name: &str,
-    target: &Target,
+    target: Option<&Target>,
     info: Option<&ImageInfo>,
+    extra: &[(&str, &str)],
     opts: &PublishOptions,
 ) -> anyhow::Result<PublishSpec> {
     let id = crate::image::identify(image)?;
@@ -221,20 +251,27 @@ fn spec(
         Some(s) => s,
         None => manifest::sha256_file(image)?,
     };
-    let rules_file = settings.data_dir.join("datastores/validation-rules").join(format!("{}.json", target.db));
-    let parameters = if rules_file.is_file() { publish::read_rules(&rules_file)? } else { Vec::new() };
-    let release = target.release.as_deref().unwrap_or("");
-    let properties = publish::properties(&[
+    let parameters = match target {
+        Some(t) => {
+            let rules_file = settings.data_dir.join("datastores/validation-rules").join(format!("{}.json", t.db));
+            if rules_file.is_file() { publish::read_rules(&rules_file)? } else { Vec::new() }
+        }
+        None => Vec::new(),
+    };
+    let field = |f: fn(&Target) -> Option<&str>| target.and_then(f).unwrap_or("");
+    let release = field(|t| t.release.as_deref());
+    let mut properties = publish::properties(&[
         ("hw_rng_model", "virtio"),
         ("os_type", "linux"),
         ("os_distro", if release.is_empty() { "" } else { "debian" }),
         ("os_version", debian_version(release)),
-        ("architecture", target.arch.as_deref().map(glance_arch).unwrap_or("")),
-        ("dbimage_database", &target.db),
-        ("dbimage_database_version", &target.version),
-        ("dbimage_source", target.source.as_deref().unwrap_or("")),
+        ("architecture", glance_arch(field(|t| t.arch.as_deref()))),
+        ("dbimage_database", field(|t| Some(&t.db))),
+        ("dbimage_database_version", field(|t| Some(&t.version))),
+        ("dbimage_source", field(|t| t.source.as_deref())),
         ("dbimage_version", env!("CARGO_PKG_VERSION")),
     ]);
+    properties.extend(publish::properties(extra));
     let visibility = match opts.visibility {
         Visibility::Private => "private",
         Visibility::Shared => "shared",
@@ -248,17 +285,17 @@ fn spec(
         image: NewImage {
             name: name.to_string(),
             visibility: visibility.into(),
-            tags: vec!["trove".into(), target.db.clone()],
+            tags: target.map(|t| vec!["trove".into(), t.db.clone()]).unwrap_or_default(),
             properties,
             min_disk_gb: id.virtual_size.div_ceil(GIB),
         },
-        version: VersionSpec {
-            datastore: target.db.clone(),
-            name: target.version.clone(),
-            manager: target.manager.clone(),
+        version: target.map(|t| VersionSpec {
+            datastore: t.db.clone(),
+            name: t.version.clone(),
+            manager: t.manager.clone(),
             image: String::new(),
-            packages: target.packages.clone(),
-        },
+            packages: t.packages.clone(),
+        }),
         parameters,
         keep_image: opts.keep_image,
     })
@@ -266,17 +303,21 @@ fn spec(
 
 fn report(spec: &PublishSpec, p: &Published) {
     let image = if p.reused { "reused" } else { "uploaded" };
-    let version = match p.outcome {
+    println!("glance image {} ({image}): {}", spec.image.name, p.image_id);
+    let (Some(version), Some(r)) = (&spec.version, &p.version) else {
+        println!("no trove datastore version (Glance only)");
+        return;
+    };
+    let outcome = match r.outcome {
         Outcome::Created => "created",
         Outcome::Updated => "updated",
     };
-    println!("glance image {} ({image}): {}", spec.image.name, p.image_id);
     println!(
-        "trove datastore {} version {} ({version}, default): {}",
-        spec.version.datastore, spec.version.name, p.version_id
+        "trove datastore {} version {} ({outcome}, default): {}",
+        version.datastore, version.name, r.version_id
     );
     if !spec.parameters.is_empty() {
-        let s = p.parameters;
+        let s = r.parameters;
         println!(
             "configuration parameters: {} created, {} updated, {} unchanged",
             s.created, s.updated, s.unchanged

@@ -16,7 +16,7 @@ use crate::arch::Arch;
 use crate::build::manifest::{self, ImageInfo};
 use crate::build::plan::read_key;
 use crate::cli::UploadArgs;
-use crate::commands::{UsageError, guest_agent_conf, publish};
+use crate::commands::{UsageError, file_stem, guest_agent_conf, publish, same_file};
 use crate::disk::guard::{Teardown, Undo};
 use crate::disk::{binfmt, chroot, export, loopback, mount};
 use crate::image::{self, inspect, patch};
@@ -71,13 +71,6 @@ fn find_input(file: &Path, images_dir: &Path) -> anyhow::Result<PathBuf> {
         under.display()
     ))
     .into())
-}
-
-fn file_stem(path: &Path) -> anyhow::Result<String> {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .map(str::to_string)
-        .ok_or_else(|| UsageError(format!("{}: cannot derive a name from this file name", path.display())).into())
 }
 
 /// Checks every input and resolves keys, names and the guest agent
@@ -135,13 +128,6 @@ fn plan(args: &UploadArgs, settings: &Settings) -> anyhow::Result<Request> {
     Ok(Request { input, info, dest, guest_agent, key, user: args.user.clone(), script: args.script.clone() })
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (fs::canonicalize(a), fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// Copies, patches and renames into place; returns what was done.
 fn patch_copy(req: &Request, settings: &Settings) -> anyhow::Result<Vec<String>> {
     let outdir = req.dest.parent().unwrap_or(Path::new("."));
@@ -160,10 +146,10 @@ fn patch_copy(req: &Request, settings: &Settings) -> anyhow::Result<Vec<String>>
     let copied = td.mark();
 
     let raw = work.join("disk.raw");
-    export::export_raw(&mut td, &tmp, &raw)?;
+    export::export_raw(&mut td, &tmp, "qcow2", &raw, export::Access::ReadWrite)?;
     check_cancelled()?;
     let root_part = inspect::locate_root(&raw, &req.input)?;
-    let device = loopback::attach_range(&mut td, &raw, root_part.start, root_part.size)?;
+    let device = loopback::attach_range(&mut td, &raw, root_part.start, root_part.size, false)?;
     let root = work.join("root");
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let fstype = root_part.filesystem.map(|f| f.name()).unwrap_or("ext4");

@@ -1,8 +1,10 @@
-//! A QCOW2 file seen as a raw disk, read-write, without converting it:
-//! qemu-storage-daemon exports it over FUSE onto a plain file that loop
-//! devices can attach to. Writes go into the QCOW2 itself (changed clusters
-//! only; untouched compressed clusters stay as they are), which is what
-//! makes patching an image cheap compared with a raw round trip.
+//! A disk image (QCOW2, VMDK, VDI, … anything QEMU reads) seen as a raw
+//! disk without converting it: qemu-storage-daemon exports it over FUSE
+//! onto a plain file that loop devices can attach to. Read-write, writes
+//! go into the image itself (changed clusters only; untouched compressed
+//! clusters stay as they are), which is what makes patching an image cheap
+//! compared with a raw round trip; read-only, the image is opened
+//! read-only and cannot change at all.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ pub enum ExportError {
     /// The daemon could not be started or did not export.
     #[error("exporting {image} with qemu-storage-daemon: {source}")]
     Daemon {
-        /// The QCOW2 file.
+        /// The image file.
         image: PathBuf,
         /// What failed.
         source: RunError,
@@ -31,9 +33,19 @@ pub enum ExportError {
     },
 }
 
-/// Exports `qcow2` read-write as a raw disk at `raw` (created as an empty
-/// file first) until the teardown stack stops the daemon, which flushes.
-pub fn export_raw(td: &mut Teardown, qcow2: &Path, raw: &Path) -> Result<(), ExportError> {
+/// How an export may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Writes go into the image.
+    ReadWrite,
+    /// The image is opened read-only; the export refuses writes.
+    ReadOnly,
+}
+
+/// Exports `image` (of qemu's `format`: `qcow2`, `vmdk`, …) as a raw disk
+/// at `raw` (created as an empty file first) until the teardown stack
+/// stops the daemon, which flushes.
+pub fn export_raw(td: &mut Teardown, image: &Path, format: &str, raw: &Path, access: Access) -> Result<(), ExportError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ExportError::Io { path, source }
@@ -43,19 +55,23 @@ pub fn export_raw(td: &mut Teardown, qcow2: &Path, raw: &Path) -> Result<(), Exp
     let pidfile = raw.with_extension("pid");
     // Blockdev options are comma-separated: a comma in a path is doubled.
     let esc = |p: &Path| p.display().to_string().replace(',', ",,");
+    let (read_only, writable) = match access {
+        Access::ReadWrite => ("off", "on"),
+        Access::ReadOnly => ("on", "off"),
+    };
     // --daemonize returns once the export is mounted, so no polling.
     Cmd::new("qemu-storage-daemon")
         .arg("--blockdev")
-        .arg(format!("driver=file,node-name=file,filename={}", esc(qcow2)))
+        .arg(format!("driver=file,node-name=file,filename={},read-only={read_only}", esc(image)))
         .arg("--blockdev")
-        .arg("driver=qcow2,node-name=disk,file=file")
+        .arg(format!("driver={format},node-name=disk,file=file,read-only={read_only}"))
         .arg("--export")
-        .arg(format!("type=fuse,id=raw,node-name=disk,mountpoint={},writable=on", esc(raw)))
+        .arg(format!("type=fuse,id=raw,node-name=disk,mountpoint={},writable={writable}", esc(raw)))
         .arg("--pidfile")
         .arg(&pidfile)
         .arg("--daemonize")
         .run()
-        .map_err(|source| ExportError::Daemon { image: qcow2.to_path_buf(), source })?;
+        .map_err(|source| ExportError::Daemon { image: image.to_path_buf(), source })?;
     let pid = fs::read_to_string(&pidfile).map_err(io(&pidfile))?;
     let pid: i32 = pid.trim().parse().map_err(|_| ExportError::Io {
         path: pidfile.clone(),

@@ -60,9 +60,10 @@ pub fn attach(td: &mut Teardown, image: &Path, count: usize) -> Result<AttachedD
 }
 
 /// Attaches `size` bytes of `file` from `offset` to a loop device of its
-/// own (one filesystem of a disk image, without partition nodes).
-pub fn attach_range(td: &mut Teardown, file: &Path, offset: u64, size: u64) -> Result<PathBuf, LoopError> {
-    let device = attach_free_with(file, |dev| dev.with().offset(offset).size_limit(size))?;
+/// own (one filesystem of a disk image, without partition nodes);
+/// `read_only` opens the file read-only and makes the device refuse writes.
+pub fn attach_range(td: &mut Teardown, file: &Path, offset: u64, size: u64, read_only: bool) -> Result<PathBuf, LoopError> {
+    let device = attach_free_with(file, |dev| dev.with().offset(offset).size_limit(size).read_only(read_only))?;
     td.push(Undo::DetachLoop { device: device.clone() });
     Ok(device)
 }

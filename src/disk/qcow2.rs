@@ -1,4 +1,5 @@
-//! Raw disk to compressed QCOW2, with a byte counter while it runs.
+//! A disk image (raw, or any format qemu-img reads) to compressed QCOW2,
+//! with a byte counter while it runs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,15 +12,16 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use crate::cli::Compression;
 use crate::run::{Cmd, RunError};
 
-/// Converts `raw` to a compressed QCOW2 at `out`.
-pub fn convert(raw: &Path, out: &Path, compression: Compression) -> Result<(), RunError> {
+/// Converts `src`, of qemu's `format` (`raw`, `vmdk`, …), to a compressed
+/// QCOW2 at `out`; `src` is only read.
+pub fn convert(src: &Path, format: &str, out: &Path, compression: Compression) -> Result<(), RunError> {
     let opts = match compression {
         Compression::Zlib => "compression_type=zlib",
         Compression::Zstd => "compression_type=zstd",
     };
     let cmd = Cmd::new("qemu-img")
-        .args(["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", opts])
-        .arg(raw)
+        .args(["convert", "-c", "-f", format, "-O", "qcow2", "-o", opts])
+        .arg(src)
         .arg(out);
 
     let done = Arc::new(AtomicBool::new(false));

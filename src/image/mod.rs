@@ -6,6 +6,7 @@
 //! the raw bytes and opens filesystems with the `ext4-view` crate, and
 //! [`inspect`] turns what it finds into a report.
 
+pub mod fsck;
 pub mod inspect;
 pub mod partitions;
 pub mod patch;
@@ -66,6 +67,18 @@ pub enum ImageError {
         /// A one-line summary of every partition and why it was not a root.
         seen: String,
     },
+    /// The root filesystem has errors (`e2fsck -n` says so).
+    #[error("{}: the root filesystem (partition {partition}, {fstype}) has errors: {verdict}", path.display())]
+    FilesystemErrors {
+        /// The image path as given.
+        path: PathBuf,
+        /// The partition's number (0 for a whole-disk filesystem).
+        partition: u32,
+        /// Its filesystem type.
+        fstype: String,
+        /// fsck's verdict, one line.
+        verdict: String,
+    },
     /// Reading the image (or its converted copy) failed.
     #[error("reading {}: {source}", path.display())]
     Io {
@@ -90,6 +103,7 @@ impl ImageError {
                 | ImageError::Truncated { .. }
                 | ImageError::Corrupt { .. }
                 | ImageError::NoLinuxRoot { .. }
+                | ImageError::FilesystemErrors { .. }
         )
     }
 }

@@ -157,6 +157,42 @@ pub fn debugfs_in_partition(image: &Path, index: Option<usize>, request: &str) -
     )
 }
 
+/// A sparse raw disk of 96 MiB at `dir/NAME.raw`: the partition table
+/// `table` (an sfdisk script, or none for a whole-disk filesystem) and an
+/// ext4 made from `tree` at `offset_sectors`, filling the rest of the disk
+/// but its last MiB.
+pub fn ext4_disk(dir: &Path, name: &str, table: Option<&str>, offset_sectors: u64, tree: &Path) -> PathBuf {
+    let raw = dir.join(format!("{name}.raw"));
+    sh(&format!("truncate -s 96M {}", raw.display()));
+    if let Some(t) = table {
+        sh(&format!("printf '{}' | sfdisk -q {}", t.replace('\n', "\\n"), raw.display()));
+    }
+    let size_mib = 96 - offset_sectors * 512 / (1 << 20) - 1;
+    sh(&format!(
+        "mkfs.ext4 -q -F -E offset={} -d {} {} {size_mib}M",
+        offset_sectors * 512,
+        tree.display(),
+        raw.display()
+    ));
+    raw
+}
+
+/// No qemu-storage-daemon serving a file under `dir` is running.
+pub fn no_daemon_of(dir: &Path) -> bool {
+    let needle = dir.to_string_lossy().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        !(cmdline.contains("qemu-storage-daemon") && cmdline.contains(&needle))
+    })
+}
+
+/// Runs a shell command line; it must succeed.
+pub fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
 /// Makes an ed25519 key pair at `path` (+ `.pub`); returns the public key.
 pub fn ssh_keygen(path: &Path, comment: &str) -> String {
     let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"]).arg(path).status().unwrap();
