@@ -260,3 +260,23 @@ fn failing_script_publishes_nothing() {
     f.assert_untouched(&before);
     assert!(cloud.images_named(name).is_empty(), "something was published");
 }
+
+/// An image without a manifest (not built by dbimage) is patched and
+/// published under -d and -v.
+#[test]
+fn foreign_image_is_published_after_patching() {
+    let cloud = common::cloud::cloud();
+    let (name, table, offset, _) = LAYOUTS[0];
+    let f = fixture(name, table, offset, true);
+    let before = sha256(&f.input);
+    let mut c = f.scratch.cmd();
+    cloud.env(&mut c, "dbimage-admin");
+    c.env("DBIMAGE_SETTINGS", &f.settings);
+    c.args(["upload", "-d", "postgresql", "-v", "15", "-f"]).arg(&f.input);
+    let out = run(c);
+    assert!(out.status.success());
+    assert_eq!(sha256(&f.input), before, "input changed");
+    let images = cloud.images_named(name);
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0]["status"], "active");
+}

@@ -52,7 +52,9 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         Some(info) => info.name.clone(),
         None => file_stem(&req.input)?,
     };
-    let info = publish::read_manifest(&req.dest)?;
+    // A foreign input's patched manifest is minimal (no catalog row): the
+    // target then comes from -d and -v alone.
+    let info = if req.info.is_some() { publish::read_manifest(&req.dest)? } else { None };
     publish::publish_file(&settings, &req.dest, &name, info.as_ref(), Some(&args.db), Some(&args.db_version), &args.publish)
 }
 
