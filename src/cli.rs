@@ -207,6 +207,10 @@ pub struct PublishOptions {
     /// Keep the uploaded image when Trove refuses the datastore version.
     #[arg(long)]
     pub keep_image: bool,
+    /// Publish as <base>-latest and rename the former -latest image after its
+    /// creation date (default: the settings' `rotate`).
+    #[arg(long)]
+    pub rotate: bool,
     /// Which cloud.
     #[command(flatten)]
     pub cloud: CloudArgs,

@@ -80,6 +80,7 @@ struct File {
     controller: Option<ControllerFile>,
     known_hosts: Option<PathBuf>,
     guest_agent_install: Option<guest_agent::InstallFile>,
+    rotate: Option<bool>,
 }
 
 /// A remote host's SSH settings in the file.
@@ -174,6 +175,9 @@ pub struct Settings {
     /// Which guest agent the `trove-guest-agent` element installs
     /// (`guest_agent_install`, `DBIMAGE_GUEST_AGENT_*`).
     pub guest_agent_install: GuestAgentInstall,
+    /// Whether publishing rotates images (`<base>-latest`) when `--rotate`
+    /// is not given (`DBIMAGE_ROTATE`).
+    pub rotate: bool,
 }
 
 impl Settings {
@@ -250,8 +254,7 @@ impl Settings {
             security_mirror: env_str("DBIMAGE_SECURITY_MIRROR")
                 .or(file.security_mirror)
                 .unwrap_or_else(|| "http://deb.debian.org/debian-security".into()),
-            security: env_str("DBIMAGE_SECURITY")
-                .map(|v| !matches!(v.as_str(), "0" | "no" | "false" | "off"))
+            security: env_bool("DBIMAGE_SECURITY")
                 .or(file.security)
                 .unwrap_or(true),
             security_skip,
@@ -270,6 +273,9 @@ impl Settings {
                     env_path("HOME").unwrap_or_else(|| PathBuf::from("/root")).join(".config/dbimage/known_hosts")
                 }),
             guest_agent_install,
+            rotate: env_bool("DBIMAGE_ROTATE")
+                .or(file.rotate)
+                .unwrap_or(false),
             data_dir,
         })
     }
@@ -317,10 +323,7 @@ fn remote_host(file: HostFile, prefix: &str) -> Result<RemoteHost, SettingsError
         })?),
         None => file.port,
     };
-    let sudo = match env_str(&format!("DBIMAGE_{prefix}_SUDO")) {
-        Some(v) => !matches!(v.as_str(), "0" | "no" | "false" | "off"),
-        None => file.sudo.unwrap_or(true),
-    };
+    let sudo = env_bool(&format!("DBIMAGE_{prefix}_SUDO")).or(file.sudo).unwrap_or(true);
     Ok(RemoteHost {
         host: file.host,
         user: env_str(&format!("DBIMAGE_{prefix}_USER")).or(file.user),
@@ -350,6 +353,11 @@ fn controller(file: Option<ControllerFile>) -> Result<Option<Controller>, Settin
 
 fn env_str(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// A yes/no variable: `0`, `no`, `false`, `off` are no, anything else yes.
+fn env_bool(key: &str) -> Option<bool> {
+    env_str(key).map(|v| !matches!(v.as_str(), "0" | "no" | "false" | "off"))
 }
 
 fn env_path(key: &str) -> Option<PathBuf> {
@@ -409,6 +417,7 @@ mod tests {
             controller: None,
             known_hosts: PathBuf::new(),
             guest_agent_install: Default::default(),
+            rotate: false,
         }
     }
 

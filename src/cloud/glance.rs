@@ -41,6 +41,9 @@ pub struct Image {
     pub id: String,
     /// queued, saving, active, killed, deleted, …
     pub status: String,
+    /// When the image record was created (`2026-11-24T16:20:31Z`).
+    #[serde(default)]
+    pub created_at: Option<String>,
     /// Size of the stored data.
     #[serde(default)]
     pub size: Option<u64>,
@@ -117,6 +120,12 @@ impl<'a> Glance<'a> {
     pub fn find_by_name(&self, name: &str) -> Result<Vec<Image>, CloudError> {
         let list: ImageList = self.svc.get(&format!("/images?name={}&limit=100", encode(name)))?;
         Ok(list.images)
+    }
+
+    /// Renames an image (a JSON-patch `replace` of `/name`).
+    pub fn rename(&self, id: &str, name: &str) -> Result<(), CloudError> {
+        let patch = json!([{"op": "replace", "path": "/name", "value": name}]);
+        self.svc.patch(&format!("/images/{id}"), "application/openstack-images-v2.1-json-patch", &patch)
     }
 
     /// Deletes an image; a missing one counts as deleted.

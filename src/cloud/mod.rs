@@ -11,6 +11,7 @@ pub mod glance;
 pub mod http;
 pub mod nova;
 pub mod publish;
+pub mod rotate;
 pub mod trove;
 
 pub use auth::Session;

@@ -1,13 +1,16 @@
 //! Publishing an image: Glance upload (or reuse of an identical one), then
 //! (unless the image is published for Glance only) the Trove datastore
 //! version and its configuration parameters. Whatever this run created is
-//! removed again when a later step fails.
+//! removed again when a later step fails. With rotation the image is
+//! `<base>-latest`, and once it is published the former `-latest` images are
+//! renamed after the date they were created.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::glance::{self, Glance, NewImage};
+use super::rotate;
 use super::trove::{self, Outcome, Parameter, ParameterSync, Trove, VersionSpec};
 use super::{CloudError, Session};
 
@@ -28,6 +31,11 @@ pub struct PublishSpec {
     pub parameters: Vec<Parameter>,
     /// Keep a freshly uploaded image when Trove refuses the version.
     pub keep_image: bool,
+    /// Rotation: `image.name` is `<base>-latest`, and once the image is
+    /// published every other image of that name is renamed to
+    /// `<base>-YYYY-MM-DD` (its creation date; `-HHMMSS` added when that
+    /// name is taken).
+    pub rotate: bool,
 }
 
 /// What publishing did.
@@ -39,6 +47,8 @@ pub struct Published {
     pub reused: bool,
     /// What Trove holds now, unless the image went to Glance only.
     pub version: Option<Registered>,
+    /// Former `-latest` images renamed by rotation: (id, new name).
+    pub renamed: Vec<(String, String)>,
 }
 
 /// The Trove side of a publish.
@@ -82,7 +92,8 @@ pub fn publish(session: &Session, spec: &PublishSpec) -> Result<Published, Cloud
         None => (upload(&glance, spec)?, false),
     };
     let (Some(trove), Some(version)) = (trove, &spec.version) else {
-        return Ok(Published { image_id, reused, version: None });
+        let renamed = rotate_others(&glance, spec, &image_id)?;
+        return Ok(Published { image_id, reused, version: None, renamed });
     };
     let version = VersionSpec { image: image_id.clone(), ..version.clone() };
     let registered = trove.upsert_version(&version).and_then(|(v, outcome)| {
@@ -90,7 +101,10 @@ pub fn publish(session: &Session, spec: &PublishSpec) -> Result<Published, Cloud
         Ok(Registered { version_id: v.id, outcome, parameters })
     });
     match registered {
-        Ok(r) => Ok(Published { image_id, reused, version: Some(r) }),
+        Ok(r) => {
+            let renamed = rotate_others(&glance, spec, &image_id)?;
+            Ok(Published { image_id, reused, version: Some(r), renamed })
+        }
         Err(e) if reused => Err(e),
         Err(e) if spec.keep_image => {
             tracing::warn!("Trove failed; keeping Glance image {image_id} as asked (--keep-image)");
@@ -102,6 +116,42 @@ pub fn publish(session: &Session, spec: &PublishSpec) -> Result<Published, Cloud
             Err(e)
         }
     }
+}
+
+/// With rotation, renames every image named like the published one
+/// (`<base>-latest`) except the published one itself to `<base>-<its
+/// created_at date>`, or `<base>-<date>-<HHMMSS>` when that name is taken.
+/// The publish itself stands when a rename fails; the error says so, and
+/// running the same command again reuses the image and retries the rename.
+fn rotate_others(glance: &Glance, spec: &PublishSpec, published: &str) -> Result<Vec<(String, String)>, CloudError> {
+    if !spec.rotate {
+        return Ok(Vec::new());
+    }
+    let latest = &spec.image.name;
+    let base = latest.strip_suffix("-latest").unwrap_or(latest);
+    let mut renamed = Vec::new();
+    for img in glance.find_by_name(latest)?.into_iter().filter(|i| i.id != published) {
+        let created = img.created_at.clone().unwrap_or_default();
+        let failed = |why: String| {
+            CloudError::Failed(format!(
+                "published {latest} ({published}), but the former {latest} ({}) was not renamed: {why}; \
+                 run the same command again to retry, or rename it with `openstack image set --name NAME {}`",
+                img.id, img.id
+            ))
+        };
+        let dated = |with_time| {
+            rotate::dated_name(base, &created, with_time)
+                .ok_or_else(|| failed(format!("Glance gives no usable created_at ({created:?})")))
+        };
+        let mut name = dated(false)?;
+        if !glance.find_by_name(&name).map_err(|e| failed(e.to_string()))?.is_empty() {
+            name = dated(true)?;
+        }
+        glance.rename(&img.id, &name).map_err(|e| failed(e.to_string()))?;
+        tracing::info!("renamed the former {latest} ({}) to {name}", img.id);
+        renamed.push((img.id, name));
+    }
+    Ok(renamed)
 }
 
 /// Creates the image, streams the file, waits for `active` and verifies the

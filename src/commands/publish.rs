@@ -88,7 +88,9 @@ fn publish_target(
     extra: &[(&str, &str)],
     opts: &PublishOptions,
 ) -> anyhow::Result<()> {
-    let spec = spec(settings, image, name, target, info, extra, opts)?;
+    let rotate = opts.rotate || settings.rotate;
+    let name = if rotate { crate::cloud::rotate::latest_name(name) } else { name.to_string() };
+    let spec = PublishSpec { rotate, ..spec(settings, image, &name, target, info, extra, opts)? };
     let session = login(&opts.cloud)?;
     report(&spec, &publish::publish(&session, &spec)?);
     Ok(())
@@ -298,12 +300,16 @@ fn spec(
         }),
         parameters,
         keep_image: opts.keep_image,
+        rotate: false,
     })
 }
 
 fn report(spec: &PublishSpec, p: &Published) {
     let image = if p.reused { "reused" } else { "uploaded" };
     println!("glance image {} ({image}): {}", spec.image.name, p.image_id);
+    for (id, name) in &p.renamed {
+        println!("glance image {id} (the former {}) renamed to {name}", spec.image.name);
+    }
     let (Some(version), Some(r)) = (&spec.version, &p.version) else {
         println!("no trove datastore version (Glance only)");
         return;
