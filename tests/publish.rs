@@ -377,3 +377,96 @@ fn tls_trusts_the_cacert_it_is_given() {
     let err = attempt(Some(&ca));
     assert!(err.contains("authentication failed") && err.contains("HTTP 401"), "{err}");
 }
+
+/// Deletes every image named `name` (leftovers of an earlier run).
+fn clear_images(cloud: &Cloud, name: &str) {
+    for i in cloud.images_named(name) {
+        cloud.delete_image(i["id"].as_str().unwrap());
+    }
+}
+
+fn id_of(img: &serde_json::Value) -> String {
+    img["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn rotate_keeps_one_latest_and_dates_the_former_ones() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let today = |img: &serde_json::Value| img["created_at"].as_str().unwrap()[..10].to_string();
+    clear_images(&cloud, "rot-test-latest");
+    let a = small_qcow2(dir.path(), "a.qcow2", 11);
+    let out = publish(&cloud, "dbimage-admin", &["-d", "postgresql", "-v", "90.11", "--name", "rot-test-2026-01-01", "--rotate"], &a);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let latest = cloud.images_named("rot-test-latest");
+    assert_eq!(latest.len(), 1, "{latest:?}");
+    let a_id = id_of(&latest[0]);
+    let a_dated = format!("rot-test-{}", today(&latest[0]));
+    clear_images(&cloud, &a_dated);
+
+    // B (other content, same base) becomes -latest; A gets its creation date.
+    let b = small_qcow2(dir.path(), "b.qcow2", 12);
+    let args_b = ["-d", "postgresql", "-v", "90.11", "--name", "rot-test-2026-01-02", "--rotate"];
+    let out = publish(&cloud, "dbimage-admin", &args_b, &b);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains(&format!("{a_id} (the former rot-test-latest) renamed to {a_dated}")), "{stdout}");
+    let latest = cloud.images_named("rot-test-latest");
+    assert_eq!(latest.len(), 1, "{latest:?}");
+    let b_id = id_of(&latest[0]);
+    assert_ne!(a_id, b_id);
+    assert_eq!(cloud.download(&b_id), std::fs::read(&b).unwrap());
+    let dated: Vec<String> = cloud.images_named(&a_dated).iter().map(id_of).collect();
+    assert_eq!(dated, vec![a_id.clone()]);
+    let v = versions_named(&cloud, "postgresql", "90.11");
+    assert_eq!((v.len(), v[0]["image"].as_str()), (1, Some(b_id.as_str())));
+
+    // B again: reused, nothing renamed.
+    let out = publish(&cloud, "dbimage-admin", &args_b, &b);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("reused") && !stdout.contains("renamed"), "{stdout}");
+    assert_eq!(cloud.images_named("rot-test-latest").iter().map(id_of).collect::<Vec<_>>(), vec![b_id.clone()]);
+    assert_eq!(cloud.images_named(&a_dated).len(), 1);
+
+    // C: B's dated name is taken by A, so B gets the time as well.
+    let c = small_qcow2(dir.path(), "c.qcow2", 13);
+    let out = publish(&cloud, "dbimage-admin", &["-d", "postgresql", "-v", "90.11", "--name", "rot-test", "--rotate"], &c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b_img = cloud.get_image(&b_id);
+    let created = b_img["created_at"].as_str().unwrap();
+    let b_dated = format!("rot-test-{}-{}", &created[..10], created[11..19].replace(':', ""));
+    assert_eq!(b_img["name"], b_dated.as_str());
+    let c_id = id_of(&cloud.images_named("rot-test-latest")[0]);
+    assert_eq!(cloud.images_named(&a_dated).iter().map(id_of).collect::<Vec<_>>(), vec![a_id.clone()]);
+
+    // A Trove refusal after the upload: the new image goes, C stays -latest.
+    let d = small_qcow2(dir.path(), "d.qcow2", 14);
+    let out = publish(&cloud, "dbimage-admin", &["-d", "redis", "-v", "90.12", "--name", "rot-test", "--rotate"], &d);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Trove refused"), "{}", stderr(&out));
+    assert_eq!(cloud.images_named("rot-test-latest").iter().map(id_of).collect::<Vec<_>>(), vec![c_id.clone()]);
+    assert_eq!(cloud.get_image(&b_id)["name"], b_dated.as_str());
+    for id in [a_id, b_id, c_id] {
+        cloud.delete_image(&id);
+    }
+}
+
+#[test]
+fn rotate_from_the_settings() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    clear_images(&cloud, "rot-env-latest");
+    let img = small_qcow2(dir.path(), "e.qcow2", 15);
+    let mut c = common::dbimage();
+    cloud.env(&mut c, "dbimage-admin");
+    c.env("DBIMAGE_ROTATE", "yes").arg("publish").arg(&img).args(["-d", "postgresql", "-v", "90.13", "--name", "rot-env-2026-03-04"]);
+    let out = common::run(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let latest = cloud.images_named("rot-env-latest");
+    assert_eq!(latest.len(), 1, "{latest:?}");
+    assert!(cloud.images_named("rot-env-2026-03-04").is_empty());
+    cloud.delete_image(&id_of(&latest[0]));
+}

@@ -128,6 +128,11 @@ impl Cloud {
         v["images"].as_array().unwrap().clone()
     }
 
+    /// One Glance image.
+    pub fn get_image(&self, id: &str) -> Value {
+        self.get(&format!("{}/images/{id}", self.glance))
+    }
+
     /// The bytes Glance stores for an image.
     pub fn download(&self, id: &str) -> Vec<u8> {
         let r = self
