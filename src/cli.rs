@@ -47,6 +47,37 @@ pub enum Command {
     Import(ImportArgs),
     /// Run a playbook against a host over SSH, or trust a host's SSH key.
     Playbook(PlaybookArgs),
+    /// Delete all but the newest N images of a base, in Glance and in images/.
+    Prune(PruneArgs),
+}
+
+/// `dbimage prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// How many images of the base to keep (at least 1; a -latest image counts).
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// Database: the base is <db>-<version><source> (needs -v).
+    #[arg(short = 'd', long = "database", value_name = "DB", requires = "db_version")]
+    pub db: Option<String>,
+    /// Database version (first two components count; needs -d).
+    #[arg(short = 'v', long = "db-version", value_name = "VER", requires = "db")]
+    pub db_version: Option<String>,
+    /// The base name instead of -d/-v (image names without their date).
+    #[arg(long, value_name = "BASE", conflicts_with_all = ["db", "db_version"])]
+    pub name: Option<String>,
+    /// Print what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Prune Glance only.
+    #[arg(long, conflicts_with = "local_only")]
+    pub cloud_only: bool,
+    /// Prune the local images directory only (no cloud needed).
+    #[arg(long)]
+    pub local_only: bool,
+    /// Which cloud.
+    #[command(flatten)]
+    pub cloud: CloudArgs,
 }
 
 /// `dbimage import`.

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Command::Upload(args) => commands::upload::run(args),
         Command::Import(args) => commands::import::run(args),
         Command::Playbook(args) => commands::playbook::run(args),
+        Command::Prune(args) => commands::prune::run(args),
     };
     commands::exit(result)
 }

@@ -39,6 +39,9 @@ pub struct NewImage {
 pub struct Image {
     /// Image id.
     pub id: String,
+    /// Image name.
+    #[serde(default)]
+    pub name: Option<String>,
     /// queued, saving, active, killed, deleted, …
     pub status: String,
     /// When the image record was created (`2026-11-24T16:20:31Z`).
@@ -120,6 +123,21 @@ impl<'a> Glance<'a> {
     pub fn find_by_name(&self, name: &str) -> Result<Vec<Image>, CloudError> {
         let list: ImageList = self.svc.get(&format!("/images?name={}&limit=100", encode(name)))?;
         Ok(list.images)
+    }
+
+    /// Every image the user can see, page by page.
+    pub fn list(&self) -> Result<Vec<Image>, CloudError> {
+        const PAGE: usize = 100;
+        let mut all: Vec<Image> = Vec::new();
+        loop {
+            let marker = all.last().map(|i| format!("&marker={}", encode(&i.id))).unwrap_or_default();
+            let page: ImageList = self.svc.get(&format!("/images?limit={PAGE}{marker}"))?;
+            let done = page.images.len() < PAGE;
+            all.extend(page.images);
+            if done {
+                return Ok(all);
+            }
+        }
     }
 
     /// Renames an image (a JSON-patch `replace` of `/name`).

@@ -16,6 +16,9 @@ pub struct DatastoreVersion {
     pub name: String,
     /// The datastore's name.
     pub datastore_name: String,
+    /// The Glance image id it boots.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

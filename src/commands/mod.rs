@@ -7,6 +7,7 @@ pub mod import;
 pub mod inspect;
 pub mod make;
 pub mod playbook;
+pub mod prune;
 pub mod publish;
 pub mod test;
 pub mod upload;
