@@ -435,6 +435,7 @@ fn rotate_keeps_one_latest_and_dates_the_former_ones() {
     let out = publish(&cloud, "dbimage-admin", &["-d", "postgresql", "-v", "90.11", "--name", "rot-test", "--rotate"], &c);
     assert!(out.status.success(), "{}", stderr(&out));
     let b_img = cloud.get_image(&b_id);
+    assert!(!b_img.is_null());
     let created = b_img["created_at"].as_str().unwrap();
     let b_dated = format!("rot-test-{}-{}", &created[..10], created[11..19].replace(':', ""));
     assert_eq!(b_img["name"], b_dated.as_str());
@@ -469,4 +470,93 @@ fn rotate_from_the_settings() {
     assert_eq!(latest.len(), 1, "{latest:?}");
     assert!(cloud.images_named("rot-env-2026-03-04").is_empty());
     cloud.delete_image(&id_of(&latest[0]));
+}
+
+fn prune(cloud: &Cloud, args: &[&str]) -> Output {
+    let mut c = common::dbimage();
+    cloud.env(&mut c, "dbimage-admin");
+    c.arg("prune").args(args);
+    common::run(c)
+}
+
+#[test]
+fn prune_keeps_the_newest_and_what_trove_uses() {
+    let _l = lock();
+    let cloud = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["pr-test-2026-01-01", "pr-test-2026-01-02", "pr-test-2026-01-03", "pr-test-2026-01-03-101500", "pr-test-latest"];
+    for n in names.iter().chain(&["pr-testx-2026-01-01", "pr-test-golden"]) {
+        clear_images(&cloud, n);
+    }
+    // The oldest is what a Trove version boots.
+    let img = small_qcow2(dir.path(), "p.qcow2", 21);
+    let out = publish(&cloud, "dbimage-admin", &["-d", "postgresql", "-v", "90.21", "--name", names[0]], &img);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let used = id_of(&cloud.images_named(names[0])[0]);
+    let mut ids = vec![used.clone()];
+    for n in &names[1..] {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        ids.push(cloud.create_image(n));
+    }
+    let others = [cloud.create_image("pr-testx-2026-01-01"), cloud.create_image("pr-test-golden")];
+
+    // Dry run: says what would go, deletes nothing.
+    let out = prune(&cloud, &["--keep", "2", "--name", "pr-test", "--cloud-only", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains(&format!("glance: would delete pr-test-2026-01-02 ({})", ids[1])), "{stdout}");
+    assert!(stdout.contains(&format!("glance: would delete pr-test-2026-01-03 ({})", ids[2])), "{stdout}");
+    assert!(stdout.contains(&format!("glance: kept pr-test-2026-01-01 ({used}): Trove datastore version postgresql 90.21 uses it")), "{stdout}");
+    for id in ids.iter().chain(&others) {
+        assert!(!cloud.get_image(id).is_null(), "dry run deleted {id}");
+    }
+
+    // For real: -latest and the newest dated one stay, the Trove one stays,
+    // other bases are untouched.
+    let out = prune(&cloud, &["--keep", "2", "--name", "pr-test", "--cloud-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gone: Vec<bool> = ids.iter().map(|id| cloud.get_image(id).is_null()).collect();
+    assert_eq!(gone, [false, true, true, false, false], "{}", String::from_utf8_lossy(&out.stdout));
+    for id in &others {
+        assert!(!cloud.get_image(id).is_null(), "another base's image {id} was deleted");
+    }
+    for id in ids.iter().chain(&others) {
+        cloud.delete_image(id);
+    }
+}
+
+#[test]
+fn prune_local_images_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = ["postgresql-15-dib-2026-01-01", "postgresql-15-dib-2026-01-02", "postgresql-15-dib-2026-01-03", "postgresql-15-dib-2026-01-03-patched", "postgresql-15-dibx-2026-01-01", "postgresql-16-dib-2026-01-01"];
+    for f in files {
+        std::fs::write(dir.path().join(format!("{f}.qcow2")), b"q").unwrap();
+        std::fs::write(dir.path().join(format!("{f}.json")), b"{}").unwrap();
+    }
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    let run = |args: &[&str]| {
+        let mut c = common::dbimage();
+        c.env("DBIMAGE_IMAGES_DIR", dir.path()).env("DBIMAGE_SOURCE", "-dib").arg("prune").args(args);
+        common::run(c)
+    };
+    let before = listing();
+    for bad in [&["--keep", "0", "--name", "postgresql-15-dib", "--local-only"][..], &["--keep", "2", "--local-only"][..]] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+        assert_eq!(listing(), before);
+    }
+    let out = run(&["--keep", "2", "-d", "postgresql", "-v", "15", "--local-only", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("local: would delete"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(listing(), before);
+    let out = run(&["--keep", "2", "-d", "postgresql", "-v", "15", "--local-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut left: Vec<String> = before.into_iter().filter(|f| !f.starts_with("postgresql-15-dib-2026-01-01.") && !f.starts_with("postgresql-15-dib-2026-01-02.")).collect();
+    left.sort();
+    assert_eq!(listing(), left);
 }

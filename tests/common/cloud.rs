@@ -128,9 +128,14 @@ impl Cloud {
         v["images"].as_array().unwrap().clone()
     }
 
-    /// One Glance image.
+    /// One Glance image, or null when there is none.
     pub fn get_image(&self, id: &str) -> Value {
-        self.get(&format!("{}/images/{id}", self.glance))
+        let r = self.http.get(format!("{}/images/{id}", self.glance)).header("X-Auth-Token", &self.token).send().unwrap();
+        if r.status() == 404 {
+            return Value::Null;
+        }
+        assert!(r.status().is_success(), "GET image {id}: {}", r.status());
+        r.json().unwrap()
     }
 
     /// The bytes Glance stores for an image.
@@ -143,6 +148,20 @@ impl Cloud {
             .unwrap();
         assert!(r.status().is_success(), "download {id}: {}", r.status());
         r.bytes().unwrap().to_vec()
+    }
+
+    /// Creates an image record (no data, `queued`) and returns its id.
+    pub fn create_image(&self, name: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/images", self.glance))
+            .header("X-Auth-Token", &self.token)
+            .json(&json!({"name": name, "disk_format": "qcow2", "container_format": "bare"}))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "create image {name}: {}", r.status());
+        let v: Value = r.json().unwrap();
+        v["id"].as_str().unwrap().to_string()
     }
 
     /// Deletes an image (test cleanup).
