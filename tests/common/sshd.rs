@@ -31,43 +31,56 @@ impl Sshd {
         super::ssh_keygen(&host_key, "test-host");
         let client_pub = super::ssh_keygen(&client_key, "test-client");
         std::fs::write(d.join("authorized_keys"), format!("{client_pub}\n")).unwrap();
-        let port = free_port();
-        let config = d.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\n\
-                 AuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n\
-                 MaxStartups 64\nLogLevel VERBOSE\n",
-                hk = host_key.display(),
-                pid = d.join("sshd.pid").display(),
-                ak = d.join("authorized_keys").display(),
-            ),
-        )
-        .unwrap();
         // sshd running as root insists on its privilege separation directory.
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start /usr/sbin/sshd (openssh-server; scripts/setup-host installs it)");
         let host_pub = host_key.with_extension("pub");
-        let known_hosts = d.join("known_hosts");
         let key = std::fs::read_to_string(&host_pub).unwrap();
-        std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {}", key.trim())).unwrap();
-        let sshd = Sshd { port, dir, client_key, known_hosts, host_pub, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not start: {}", sshd.log());
-            std::thread::sleep(Duration::from_millis(50));
+        // A port found free may be taken before sshd binds it (tests run in
+        // parallel): sshd then exits, and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let config = d.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\n\
+                     AuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n\
+                     MaxStartups 64\nLogLevel VERBOSE\n",
+                    hk = host_key.display(),
+                    pid = d.join("sshd.pid").display(),
+                    ak = d.join("authorized_keys").display(),
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start /usr/sbin/sshd (openssh-server; scripts/setup-host installs it)");
+            // Its own word that it listens, not a probe another process could answer.
+            let ready = format!("Server listening on 127.0.0.1 port {port}.");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let log_text = || std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default();
+            loop {
+                if log_text().contains(&ready) {
+                    let known_hosts = d.join("known_hosts");
+                    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {}", key.trim())).unwrap();
+                    return Sshd { port, dir, client_key, known_hosts, host_pub, child };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    eprintln!("sshd on port {port} exited: {}", log_text());
+                    break;
+                }
+                assert!(Instant::now() < deadline, "sshd did not start: {}", log_text());
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        sshd
+        panic!("sshd could not start on any of 5 free ports");
     }
 
     /// sshd's own log.
@@ -115,6 +128,9 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- sshd log (port {}):\n{}", self.port, self.log());
+        }
         // The connections' processes too, all started by this server.
         for pid in descendants(self.child.id()) {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
