@@ -321,10 +321,7 @@ impl Task {
                     .collect();
                     vars.insert(r.clone(), Value::from(m));
                 }
-                if out.rc != 0 {
-                    let tail = if self.no_log { vec!["(output hidden: no_log)".into()] } else { out.tail };
-                    return Err(RemoteError::Failed { host: conn.target().to_string(), rc: out.rc, tail }.into());
-                }
+                conn.check_exit(out, self.no_log)?;
             }
             Action::Copy(t) => {
                 let src = local(&render(env, &t.src, vars)?);

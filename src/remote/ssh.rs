@@ -237,14 +237,17 @@ impl Connection {
     /// Runs `script` and fails unless it exits 0.
     pub fn run(&self, script: &str, how: &mut Exec<'_>) -> Result<Output, RemoteError> {
         let out = self.exec(script, how)?;
-        if out.rc != 0 {
-            return Err(RemoteError::Failed {
-                host: self.target.to_string(),
-                rc: out.rc,
-                tail: if how.no_log { vec!["(output hidden: no_log)".into()] } else { out.tail },
-            });
+        self.check_exit(out, how.no_log)
+    }
+
+    /// `out` when its command exited 0, else the failure naming this host
+    /// (with its output's tail unless the command was `no_log`).
+    pub fn check_exit(&self, out: Output, no_log: bool) -> Result<Output, RemoteError> {
+        if out.rc == 0 {
+            return Ok(out);
         }
-        Ok(out)
+        let tail = if no_log { vec!["(output hidden: no_log)".into()] } else { out.tail };
+        Err(RemoteError::Failed { host: self.target.to_string(), rc: out.rc, tail })
     }
 
     /// Copies a local file or directory to `dest` on the host. A directory's
