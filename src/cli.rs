@@ -49,6 +49,91 @@ pub enum Command {
     Playbook(PlaybookArgs),
     /// Delete all but the newest N images of a base, in Glance and in images/.
     Prune(PruneArgs),
+    /// Put make/upload/import jobs on the build farm's Redis queue, or retry a dead one.
+    Queue(QueueArgs),
+    /// Run jobs from the build farm's queue, up to N at once.
+    Worker(WorkerArgs),
+    /// List the build farm's jobs, or show one (history, host, timings, log tail).
+    Jobs(JobsArgs),
+}
+
+/// `dbimage queue`.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// The `queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Submit a job: the command and its arguments as for `dbimage make|upload|import`.
+    ///
+    /// The arguments are checked here and run on a worker: paths are the
+    /// worker's (use absolute paths on storage the workers share).
+    Submit(SubmitArgs),
+    /// Put a job from the dead-letter list back on the queue, its attempts reset.
+    Retry {
+        /// The job's number.
+        id: u64,
+    },
+}
+
+/// `dbimage queue submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Attempts before the job goes to the dead-letter list (default: the queue's max_attempts).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+    /// The command.
+    #[arg(value_enum)]
+    pub kind: crate::queue::Kind,
+    /// Its arguments, exactly as for the command itself.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+/// `dbimage worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Jobs run at once.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Where each attempt's log goes (job-<id>-<attempt>.log).
+    #[arg(long, value_name = "DIR", default_value = "/var/log/dbimage/jobs")]
+    pub log_dir: PathBuf,
+    /// Exit when the queue has nothing to hand out and no job is running.
+    #[arg(long)]
+    pub drain: bool,
+}
+
+/// `dbimage jobs`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct JobsArgs {
+    /// Show one job.
+    #[command(subcommand)]
+    pub command: Option<JobsCommand>,
+    /// Only jobs in these states (repeat or comma-separate).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub state: Vec<crate::queue::State>,
+    /// Output format.
+    #[arg(short = 'f', long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// The `jobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// One job: its command, state history, host, timings and log tail.
+    Show {
+        /// The job's number.
+        id: u64,
+        /// Output format.
+        #[arg(short = 'f', long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 /// `dbimage prune`.

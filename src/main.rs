@@ -7,12 +7,14 @@ mod boot;
 mod build;
 mod catalog;
 mod cli;
+mod clock;
 mod cloud;
 mod commands;
 mod disk;
 mod elements;
 mod image;
 mod logging;
+mod queue;
 mod remote;
 mod run;
 mod runtime;
@@ -49,6 +51,9 @@ fn main() -> ExitCode {
         Command::Import(args) => commands::import::run(args),
         Command::Playbook(args) => commands::playbook::run(args),
         Command::Prune(args) => commands::prune::run(args),
+        Command::Queue(args) => commands::queue::run(args),
+        Command::Worker(args) => commands::worker::run(args),
+        Command::Jobs(args) => commands::jobs::run(args),
     };
     commands::exit(result)
 }

@@ -5,6 +5,7 @@
 //! `~/.config/dbimage/settings.yaml`, `/etc/dbimage/settings.yaml` that exists.
 
 mod guest_agent;
+mod queue;
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use crate::arch::Arch;
 
 pub use guest_agent::{AgentSource, GuestAgentInstall};
+pub use queue::{Password, QueueSettings};
 
 /// Errors reading the settings.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,7 @@ struct File {
     known_hosts: Option<PathBuf>,
     guest_agent_install: Option<guest_agent::InstallFile>,
     rotate: Option<bool>,
+    queue: Option<queue::QueueFile>,
 }
 
 /// A remote host's SSH settings in the file.
@@ -178,6 +181,8 @@ pub struct Settings {
     /// Whether publishing rotates images (`<base>-latest`) when `--rotate`
     /// is not given (`DBIMAGE_ROTATE`).
     pub rotate: bool,
+    /// The build farm's Redis queue (`queue:`, `DBIMAGE_REDIS_URL`), if any.
+    pub queue: Option<QueueSettings>,
 }
 
 impl Settings {
@@ -237,6 +242,10 @@ impl Settings {
             &path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             env_str,
         )?;
+        let queue = QueueSettings::resolve(
+            file.queue,
+            &path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "DBIMAGE_REDIS_URL".into()),
+        )?;
         let images_dir = env_path("DBIMAGE_IMAGES_DIR")
             .or(file.images_dir)
             .unwrap_or_else(|| data_dir.join("images"));
@@ -276,6 +285,7 @@ impl Settings {
             rotate: env_bool("DBIMAGE_ROTATE")
                 .or(file.rotate)
                 .unwrap_or(false),
+            queue,
             data_dir,
         })
     }
@@ -418,6 +428,7 @@ mod tests {
             known_hosts: PathBuf::new(),
             guest_agent_install: Default::default(),
             rotate: false,
+            queue: None,
         }
     }
 

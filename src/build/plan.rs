@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -238,7 +237,7 @@ impl Plan {
         let ssh_key = args.key.as_deref().map(read_key).transpose()?;
 
         let outdir = args.outdir.clone().unwrap_or_else(|| settings.images_dir.clone());
-        let name = image_name(&datastore, &settings.source, today());
+        let name = image_name(&datastore, &settings.source, crate::clock::today());
         let output = outdir.join(format!("{name}.qcow2"));
         let manifest = outdir.join(format!("{name}.json"));
         if !args.force && !args.dry_run {
@@ -368,27 +367,6 @@ pub fn image_name(ds: &Resolved, source_tag: &str, date: (i64, u32, u32)) -> Str
     )
 }
 
-/// Today's date (UTC) as (year, month, day).
-pub fn today() -> (i64, u32, u32) {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    civil_from_days((secs / 86_400) as i64)
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// algorithm), to avoid a date crate for one line of output.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// Whether the build gets the Trove guest agent: when asked for
 /// (`--guest-agent`, `-x trove-guest-agent`), else whenever an amd64 image
 /// is published to Trove (no `-I`) unless `--no-guest-agent`. ppc64le gets
@@ -504,14 +482,6 @@ mod tests {
         assert_eq!(image_name(&row(Source::Distro), "-dib", (2026, 11, 4)), "postgresql-15-dib-2026-11-04");
         assert_eq!(image_name(&row(Source::Community), "-dib", (2026, 1, 24)), "postgresql-15-c-dib-2026-01-24");
         assert_eq!(image_name(&row(Source::Enterprise), "-acme", (2027, 12, 31)), "postgresql-15-e-acme-2027-12-31");
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_516), (2026, 3, 4));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 
     fn make_args(extra: &[&str]) -> Result<MakeArgs, clap::Error> {

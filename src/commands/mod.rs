@@ -5,12 +5,15 @@ pub mod datastores;
 pub mod flavor;
 pub mod import;
 pub mod inspect;
+pub mod jobs;
 pub mod make;
 pub mod playbook;
 pub mod prune;
 pub mod publish;
+pub mod queue;
 pub mod test;
 pub mod upload;
+pub mod worker;
 
 use std::fs;
 use std::path::Path;
@@ -107,6 +110,7 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         || err.downcast_ref::<crate::elements::ElementError>().is_some()
         || matches!(err.downcast_ref::<crate::remote::playbook::PlaybookError>(), Some(crate::remote::playbook::PlaybookError::Invalid { .. }))
         || matches!(err.downcast_ref::<crate::cloud::CloudError>(), Some(crate::cloud::CloudError::Config(_)))
+        || err.downcast_ref::<crate::queue::QueueError>().is_some_and(|e| e.is_usage())
         || matches!(
             err.downcast_ref::<crate::settings::SettingsError>(),
             Some(crate::settings::SettingsError::GuestAgentInstall { .. })

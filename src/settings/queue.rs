@@ -1,0 +1,100 @@
+//! The `queue:` section: where the build farm's Redis is and how jobs are
+//! retried. `DBIMAGE_REDIS_*` and `DBIMAGE_QUEUE_*` take precedence.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{SettingsError, env_path, env_str};
+
+/// The section in the settings file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct QueueFile {
+    url: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    prefix: Option<String>,
+    max_attempts: Option<u32>,
+    lease: Option<u64>,
+}
+
+/// Where a job's password comes from; read only when the queue is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Password {
+    /// `DBIMAGE_REDIS_PASSWORD` (or the URL's own).
+    Value(String),
+    /// `password_file` / `DBIMAGE_REDIS_PASSWORD_FILE`: its first line.
+    File(PathBuf),
+}
+
+/// The build farm's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// `redis://host:port/db`, or `rediss://…` for TLS.
+    pub url: String,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// ACL password (or the `default` user's with no user name).
+    pub password: Option<Password>,
+    /// PEM file of the CA that signed the server's certificate (TLS),
+    /// instead of the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of every key dbimage uses, so several farms can share a server.
+    pub prefix: String,
+    /// How many times a job runs before it goes to the dead-letter list.
+    pub max_attempts: u32,
+    /// Seconds a worker's hold on a job lasts without a heartbeat; after
+    /// that another worker takes the job up.
+    pub lease: u64,
+}
+
+/// Default for `max_attempts`.
+const MAX_ATTEMPTS: u32 = 3;
+/// Default for `lease`, in seconds.
+const LEASE: u64 = 60;
+
+impl QueueSettings {
+    /// The section and its variables; `None` when no URL is set.
+    pub(super) fn resolve(file: Option<QueueFile>, from: &str) -> Result<Option<QueueSettings>, SettingsError> {
+        let file = file.unwrap_or_default();
+        let Some(url) = env_str("DBIMAGE_REDIS_URL").or(file.url) else {
+            return Ok(None);
+        };
+        let bad = |msg: String| SettingsError::Invalid { path: from.into(), msg };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(bad(format!(
+                "queue url {:?} is not redis://host:port/db (or rediss:// for TLS)",
+                crate::run::redact(&url)
+            )));
+        }
+        let number = |var: &str, value: Option<u64>, default: u64| -> Result<u64, SettingsError> {
+            match env_str(var) {
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| SettingsError::Env(format!("{var}={v:?} is not a positive number"))),
+                None => Ok(value.unwrap_or(default)),
+            }
+        };
+        let max_attempts = number("DBIMAGE_QUEUE_MAX_ATTEMPTS", file.max_attempts.map(u64::from), MAX_ATTEMPTS.into())?;
+        let lease = number("DBIMAGE_QUEUE_LEASE", file.lease, LEASE)?;
+        if max_attempts == 0 || lease < 3 {
+            return Err(bad("queue max_attempts must be at least 1 and lease at least 3 seconds".into()));
+        }
+        let password = env_str("DBIMAGE_REDIS_PASSWORD")
+            .map(Password::Value)
+            .or_else(|| env_path("DBIMAGE_REDIS_PASSWORD_FILE").or(file.password_file).map(Password::File));
+        Ok(Some(QueueSettings {
+            url,
+            username: env_str("DBIMAGE_REDIS_USER").or(file.username),
+            password,
+            ca_file: env_path("DBIMAGE_REDIS_CA").or(file.ca_file),
+            prefix: env_str("DBIMAGE_QUEUE_PREFIX").or(file.prefix).unwrap_or_else(|| "dbimage".into()),
+            max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+            lease,
+        }))
+    }
+}
