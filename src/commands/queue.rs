@@ -68,7 +68,7 @@ mod tests {
         let err = check(&bad).unwrap_err().to_string();
         assert!(err.starts_with("job arguments for `import`: unexpected argument '--no-such-flag'"), "{err}");
         assert!(!err.contains('\n'), "{err}");
-        let missing = submit(&["make"]);
-        assert!(check(&missing).unwrap_err().to_string().contains("--database"));
+        let arch = submit(&["make", "-d", "redis", "-a", "sparc"]);
+        assert!(check(&arch).unwrap_err().to_string().contains("invalid value 'sparc'"));
     }
 }
