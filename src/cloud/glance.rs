@@ -172,7 +172,19 @@ impl<'a> Glance<'a> {
             let bar = bar.clone();
             std::thread::spawn(move || read_chunks(file, len, &bar, &chunks))
         };
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+        // The receiver is shared so that it can be dropped when the request
+        // ends: a server that answers before reading the whole body leaves
+        // the body with the connection, which nothing polls or drops once
+        // `send` returns, and the reader would wait on a full channel forever.
+        let receiver = std::sync::Arc::new(std::sync::Mutex::new(Some(rx)));
+        let polled = std::sync::Arc::clone(&receiver);
+        let stream = futures_util::stream::poll_fn(move |cx| match polled.lock() {
+            Ok(mut rx) => match rx.as_mut() {
+                Some(rx) => rx.poll_recv(cx),
+                None => std::task::Poll::Ready(None),
+            },
+            Err(_) => std::task::Poll::Ready(None),
+        });
         let path_ = format!("/images/{id}/file");
         // An explicit Content-Length: Glance checks quotas against it (a
         // chunked upload would count as empty until it is too late).
@@ -184,6 +196,9 @@ impl<'a> Glance<'a> {
             .body(Body::wrap_stream(stream));
         let started = Instant::now();
         let result = self.svc.send(&Method::PUT, &path_, req);
+        if let Ok(mut rx) = receiver.lock() {
+            rx.take();
+        }
         bar.finish_and_clear();
         let digests = reader.join().map_err(|_| CloudError::Failed("the upload's reader thread panicked".into()))?;
         if crate::run::cancelled() {
