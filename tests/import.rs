@@ -8,29 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::cloud::{Cloud, cloud};
 use common::*;
-
-/// A raw MBR disk (root at 1 MiB) holding a tree with `/etc/os-release`.
-fn source_disk(dir: &Path, name: &str) -> PathBuf {
-    let tree = dir.join(format!("{name}-tree"));
-    std::fs::create_dir_all(tree.join("etc")).unwrap();
-    std::fs::write(tree.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-    std::fs::write(tree.join("etc/imported"), "payload\n").unwrap();
-    let raw = ext4_disk(dir, name, Some("label: dos\nstart=2048, type=83\n"), 2048, &tree);
-    std::fs::remove_dir_all(tree).unwrap();
-    raw
-}
-
-/// `qemu-img convert -O FORMAT`.
-fn convert(src: &Path, format: &str) -> PathBuf {
-    let out = src.with_extension(format);
-    sh(&format!("qemu-img convert -q -O {format} {} {}", src.display(), out.display()));
-    out
-}
 
 /// `dbimage import` with this scratch's directories, on the test cloud
 /// when given, else with no cloud configured at all.
@@ -70,7 +52,7 @@ fn imports_raw_vmdk_and_vdi_and_publishes_them() {
     let scratch = Scratch::new();
     let dir = scratch.dir.path().join("in");
     std::fs::create_dir_all(&dir).unwrap();
-    let raw = source_disk(&dir, "src");
+    let raw = source_disk(&dir, "src", 0);
     let inputs = [(raw.clone(), "raw"), (convert(&raw, "vmdk"), "vmdk"), (convert(&raw, "vdi"), "vdi")];
     for (input, format) in &inputs {
         let name = format!("import-test-{format}");
@@ -133,7 +115,7 @@ fn a_filesystem_with_errors_is_refused_and_nothing_is_published() {
     let scratch = Scratch::new();
     let dir = scratch.dir.path().join("in");
     std::fs::create_dir_all(&dir).unwrap();
-    let raw = source_disk(&dir, "broken");
+    let raw = source_disk(&dir, "broken", 0);
     // A wrong link count on /etc/os-release: the root is still found by
     // its content, but e2fsck -n must report an error it may not fix.
     let fs = dir.join("fs.ext4");
@@ -169,7 +151,7 @@ fn bad_requests_are_refused_before_anything_is_done() {
     let scratch = Scratch::new();
     let dir = scratch.dir.path().join("in");
     std::fs::create_dir_all(&dir).unwrap();
-    let raw = source_disk(&dir, "good");
+    let raw = source_disk(&dir, "good", 0);
     let junk = dir.join("notes.img");
     std::fs::write(&junk, "this is a text file, not a disk\n".repeat(100)).unwrap();
     let overlay = dir.join("overlay.qcow2");

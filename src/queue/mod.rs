@@ -201,19 +201,27 @@ impl Queue {
     /// The next delivery for `worker`: first one whose lease expired (its
     /// worker died), else a new one, waiting up to `block` for it.
     pub fn take(&mut self, worker: &str, block: Duration) -> Result<Option<Delivery>, QueueError> {
-        let claimed: Value = redis::cmd("XAUTOCLAIM")
-            .arg(self.keys.stream())
-            .arg(GROUP)
-            .arg(worker)
-            .arg(self.lease * 1000)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(1)
-            .query(&mut self.conn)?;
-        if let Value::Array(parts) = &claimed
-            && let Some(d) = parts.get(1).and_then(|e| entries(e).into_iter().next())
-        {
-            return Ok(Some(d));
+        // XAUTOCLAIM looks at a few pending entries per call (ten per
+        // COUNT): follow its cursor through the whole pending list.
+        let mut cursor = "0-0".to_string();
+        loop {
+            let claimed: Value = redis::cmd("XAUTOCLAIM")
+                .arg(self.keys.stream())
+                .arg(GROUP)
+                .arg(worker)
+                .arg(self.lease * 1000)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(1)
+                .query(&mut self.conn)?;
+            let Value::Array(parts) = &claimed else { break };
+            if let Some(d) = parts.get(1).and_then(|e| entries(e).into_iter().next()) {
+                return Ok(Some(d));
+            }
+            match parts.first().map(redis::from_redis_value_ref::<String>) {
+                Some(Ok(next)) if next != "0-0" => cursor = next,
+                _ => break,
+            }
         }
         let read: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")

@@ -60,21 +60,45 @@ pub fn run(settings: Option<&QueueSettings>, opts: &Options) -> anyhow::Result<(
     let beat_every = Duration::from_secs(queue.lease) / 3;
     info!("worker {name}: up to {} job(s) at once, lease {} s, logs in {}", opts.concurrency, queue.lease, opts.log_dir.display());
     let mut running: Vec<Running> = Vec::new();
+    let mut dead = 0usize;
     while !cancelled() {
-        match tick(&mut queue, &name, opts, &mut running, beat_every) {
+        match tick(&mut queue, &name, opts, &mut running, beat_every, &mut dead) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) => {
-                warn!("{e}; reconnecting in 2 s (running jobs go on)");
-                std::thread::sleep(Duration::from_secs(2));
-                if let Ok(q) = Queue::connect(settings) {
-                    queue = q;
-                }
-            }
+            // A signal interrupts a blocking read: not a queue problem.
+            Err(_) if cancelled() => break,
+            Err(e) => recover(&mut queue, settings, &e),
         }
     }
-    shut_down(&mut queue, &name, running, beat_every)?;
+    if !running.is_empty() {
+        info!("stopping {} running job(s) and handing them back", running.len());
+        for r in &running {
+            terminate(&r.child);
+        }
+    }
+    // Leases are renewed while the jobs clean up. If the queue stays out of
+    // reach for a lease, stop trying: the leases expire and other workers
+    // take the jobs up, as after a crash.
+    let mut failing_since: Option<Instant> = None;
+    while !running.is_empty() {
+        match reap(&mut queue, &name, &mut running, true, &mut dead)
+            .and_then(|()| heartbeat(&mut queue, &name, &mut running, beat_every))
+        {
+            Ok(()) => failing_since = None,
+            Err(e) if failing_since.is_some_and(|t| t.elapsed() >= beat_every * 3) => {
+                anyhow::bail!("{e}; {} job(s) not handed back: their leases will expire", running.len());
+            }
+            Err(e) => {
+                failing_since.get_or_insert_with(Instant::now);
+                recover(&mut queue, settings, &e);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     queue.leave(&name)?;
+    if opts.drain && dead > 0 {
+        anyhow::bail!("{dead} job(s) ended in the dead-letter list; `dbimage jobs --state dead` lists them");
+    }
     info!("worker {name}: stopped");
     Ok(())
 }
@@ -87,14 +111,21 @@ fn tick(
     opts: &Options,
     running: &mut Vec<Running>,
     beat_every: Duration,
+    dead: &mut usize,
 ) -> Result<bool, QueueError> {
-    reap(queue, name, running, false)?;
+    reap(queue, name, running, false, dead)?;
     heartbeat(queue, name, running, beat_every)?;
     if running.len() >= opts.concurrency {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
         return Ok(true);
     }
-    let wait = if running.is_empty() { 2000 } else { 300 };
+    // Short waits while jobs run, so that one ending is noticed soon; a
+    // draining worker asks again sooner before deciding it is done.
+    let wait = match (running.is_empty(), opts.drain) {
+        (false, _) => 100,
+        (true, true) => 500,
+        (true, false) => 2000,
+    };
     let Some(delivery) = queue.take(name, Duration::from_millis(wait))? else {
         return Ok(!(opts.drain && running.is_empty()));
     };
@@ -111,19 +142,31 @@ fn tick(
                 Err(e) => {
                     let error = format!("cannot start dbimage: {e}");
                     warn!("job {}: {error}", job.id);
-                    queue.finish(name, &delivery, Outcome::Fail, &error, "")?;
+                    if queue.finish(name, &delivery, Outcome::Fail, &error, "")? == "dead" {
+                        *dead += 1;
+                    }
                 }
             }
         }
         Start::Skip(state) => info!("job {}: a second delivery; it is {state}, not run again", delivery.job),
-        Start::Dead(why) => warn!("job {}: dead: {why}", delivery.job),
+        Start::Dead(why) => {
+            *dead += 1;
+            warn!("job {}: dead: {why}", delivery.job);
+        }
     }
     Ok(true)
 }
 
 /// Records every job whose process ended. `stopping`: the worker stopped
 /// them, so a failure is a hand-back, not the job's.
-fn reap(queue: &mut Queue, name: &str, running: &mut Vec<Running>, stopping: bool) -> Result<(), QueueError> {
+/// Counts the jobs that went to the dead-letter list in `dead`.
+fn reap(
+    queue: &mut Queue,
+    name: &str,
+    running: &mut Vec<Running>,
+    stopping: bool,
+    dead: &mut usize,
+) -> Result<(), QueueError> {
     let mut i = 0;
     while i < running.len() {
         let status = match running[i].child.try_wait() {
@@ -148,14 +191,17 @@ fn reap(queue: &mut Queue, name: &str, running: &mut Vec<Running>, stopping: boo
             (Outcome::Fail, failure(&r.log, status))
         };
         let state = queue.finish(name, &r.delivery, outcome, &error, &tail)?;
-        let secs = r.started.elapsed().as_secs();
+        let secs = r.started.elapsed().as_secs_f64();
         match state.as_str() {
-            "succeeded" => info!("job {}: succeeded in {secs} s", r.job.id),
-            "already" => info!("job {}: finished, but another attempt had already succeeded", r.job.id),
+            "succeeded" => info!("job {}: succeeded in {secs:.1} s", r.job.id),
+            "already" => info!("job {}: another attempt had already succeeded; this one is not recorded", r.job.id),
             "lost" => info!("job {}: stopped; another worker holds it now", r.job.id),
             "queued" => info!("job {}: handed back to the queue", r.job.id),
             "failed" => warn!("job {}: attempt {} of {} failed: {error}; it will be retried", r.job.id, r.attempt, r.job.max_attempts),
-            _ => warn!("job {}: {state} after {} attempts: {error}", r.job.id, r.attempt),
+            _ => {
+                *dead += usize::from(state == "dead");
+                warn!("job {}: {state} after {} attempts: {error}", r.job.id, r.attempt);
+            }
         }
         running.swap_remove(i);
     }
@@ -175,22 +221,15 @@ fn heartbeat(queue: &mut Queue, name: &str, running: &mut [Running], every: Dura
     Ok(())
 }
 
-/// Stops every running job and hands it back (unless it finished anyway);
-/// leases are renewed while the jobs clean up.
-fn shut_down(queue: &mut Queue, name: &str, mut running: Vec<Running>, every: Duration) -> Result<(), QueueError> {
-    if running.is_empty() {
-        return Ok(());
+/// After a failed queue command: wait, then reconnect (jobs keep running;
+/// a job that ends meanwhile is recorded on a later round).
+fn recover(queue: &mut Queue, settings: Option<&QueueSettings>, e: &QueueError) {
+    warn!("{e}; reconnecting in 2 s (running jobs go on)");
+    std::thread::sleep(Duration::from_secs(2));
+    match Queue::connect(settings) {
+        Ok(q) => *queue = q,
+        Err(e) => warn!("{e}"),
     }
-    info!("stopping {} running job(s) and handing them back", running.len());
-    for r in &running {
-        terminate(&r.child);
-    }
-    while !running.is_empty() {
-        reap(queue, name, &mut running, true)?;
-        heartbeat(queue, name, &mut running, every)?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
 }
 
 /// Starts `dbimage <kind> <args…>` for a job, its output in `log`.

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod cloud;
+pub mod redis;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};
@@ -175,6 +176,28 @@ pub fn ext4_disk(dir: &Path, name: &str, table: Option<&str>, offset_sectors: u6
         raw.display()
     ));
     raw
+}
+
+/// A raw MBR disk (root at 1 MiB) holding a tree with `/etc/os-release`
+/// and `blob_mib` MiB of random bytes (so converting it takes a while).
+pub fn source_disk(dir: &Path, name: &str, blob_mib: u64) -> PathBuf {
+    let tree = dir.join(format!("{name}-tree"));
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+    std::fs::write(tree.join("etc/imported"), "payload\n").unwrap();
+    if blob_mib > 0 {
+        sh(&format!("head -c {blob_mib}M /dev/urandom > {}/blob", tree.display()));
+    }
+    let raw = ext4_disk(dir, name, Some("label: dos\nstart=2048, type=83\n"), 2048, &tree);
+    std::fs::remove_dir_all(tree).unwrap();
+    raw
+}
+
+/// `qemu-img convert -O FORMAT` beside the source.
+pub fn convert(src: &Path, format: &str) -> PathBuf {
+    let out = src.with_extension(format);
+    sh(&format!("qemu-img convert -q -O {format} {} {}", src.display(), out.display()));
+    out
 }
 
 /// No qemu-storage-daemon serving a file under `dir` is running.
