@@ -8,6 +8,11 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// Today's date (UTC) as (year, month, day).
 pub fn today() -> (i64, u32, u32) {
     civil_from_days((now_secs() / 86_400) as i64)

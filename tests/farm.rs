@@ -24,7 +24,7 @@ const LEASE: &str = "5";
 fn farm_cmd(scratch: &Scratch, redis: &Redis, prefix: &str) -> Command {
     let mut c = scratch.cmd();
     redis.env(&mut c, prefix);
-    c.env("DBIMAGE_QUEUE_LEASE", LEASE);
+    c.env("DBIMAGE_QUEUE_LEASE", LEASE).env("DBIMAGE_QUEUE_RETRY_DELAY", "1");
     c
 }
 
@@ -305,7 +305,9 @@ fn a_failing_job_goes_dead_and_retry_brings_it_back_over_tls() {
     let logs = scratch.dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let drain = |name: &str| -> Output {
-        let mut w = Workers(vec![worker(farm_cmd(&scratch, &redis, prefix), &logs.join(name), &["-n", "2", "--drain"])]);
+        let mut c = farm_cmd(&scratch, &redis, prefix);
+        c.env("DBIMAGE_QUEUE_RETRY_DELAY", "2");
+        let mut w = Workers(vec![worker(c, &logs.join(name), &["-n", "2", "--drain"])]);
         let status = wait_exit(&mut w.0[0], 120, "a draining worker to finish");
         Output { status, stdout: Vec::new(), stderr: std::fs::read(logs.join(name)).unwrap() }
     };
@@ -321,6 +323,13 @@ fn a_failing_job_goes_dead_and_retry_brings_it_back_over_tls() {
     let error = job["error"].as_str().unwrap();
     assert!(error.contains("late.vdi") && error.contains("no such file"), "{error}");
     assert_eq!(states(&history), ["queued", "running", "failed", "running", "failed", "dead"]);
+    // The second attempt waited for its retry time (2 s), and the draining
+    // worker waited for it.
+    let secs = |t: &Value| -> i64 {
+        let hms: Vec<i64> = t["at"].as_str().unwrap()[11..19].split(':').map(|n| n.parse().unwrap()).collect();
+        hms[0] * 3600 + hms[1] * 60 + hms[2]
+    };
+    assert!((secs(&history[3]) - secs(&history[2])).rem_euclid(86_400) >= 1, "{history:#?}");
     assert_eq!(redis.cli(&["LRANGE", &format!("{prefix}:dead"), "0", "-1"]), id.to_string());
     // The people's view shows the same.
     let text = farm(&scratch, &redis, prefix, &["jobs", "show", &id.to_string()]);

@@ -85,6 +85,7 @@ fn show(job: &Job, history: &[Transition]) -> String {
     field(&mut out, "worker", job.worker.as_deref());
     field(&mut out, "started", job.started_at.as_deref());
     field(&mut out, "heartbeat", job.heartbeat_at.as_deref().filter(|_| job.state == State::Running));
+    field(&mut out, "retry at", job.retry_at.as_deref());
     field(&mut out, "finished", job.finished_at.as_deref());
     field(&mut out, "error", job.error.as_deref());
     let _ = writeln!(out, "\nhistory:");

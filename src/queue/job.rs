@@ -101,6 +101,8 @@ pub struct Job {
     pub finished_at: Option<String>,
     /// Its last attempt's last heartbeat.
     pub heartbeat_at: Option<String>,
+    /// When a failed job's next attempt may start.
+    pub retry_at: Option<String>,
     /// The last error (a failed attempt's `error:` line).
     pub error: Option<String>,
     /// The last lines of its current or last attempt's log.
@@ -126,6 +128,7 @@ impl Job {
             started_at: opt("started_at"),
             finished_at: opt("finished_at"),
             heartbeat_at: opt("heartbeat_at"),
+            retry_at: opt("retry_at").and_then(|ms| ms.parse::<u64>().ok()).map(|ms| crate::clock::rfc3339(ms / 1000)),
             error: opt("error"),
             log_tail: opt("log_tail"),
         })

@@ -116,6 +116,8 @@ pub struct Queue {
     pub max_attempts: u32,
     /// The lease, in seconds.
     pub lease: u64,
+    /// The wait before a failed job's first retry, in milliseconds.
+    retry_delay_ms: u64,
     host: String,
 }
 
@@ -161,6 +163,7 @@ impl Queue {
             scripts: Scripts::load(),
             max_attempts: s.max_attempts,
             lease: s.lease,
+            retry_delay_ms: s.retry_delay * 1000,
             host: hostname(),
         };
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -196,6 +199,24 @@ impl Queue {
             .arg(&self.host)
             .invoke(&mut self.conn)?;
         Ok(id)
+    }
+
+    /// Puts the failed jobs whose retry time has come back on the stream.
+    pub fn promote(&mut self) -> Result<(), QueueError> {
+        let _: i64 = self
+            .scripts
+            .promote
+            .key(self.keys.delayed())
+            .key(self.keys.stream())
+            .arg(crate::clock::now_millis())
+            .arg(&self.keys.prefix)
+            .invoke(&mut self.conn)?;
+        Ok(())
+    }
+
+    /// How many failed jobs wait for their retry time.
+    pub fn waiting(&mut self) -> Result<u64, QueueError> {
+        Ok(redis::cmd("ZCARD").arg(self.keys.delayed()).query(&mut self.conn)?)
     }
 
     /// The next delivery for `worker`: first one whose lease expired (its
@@ -310,6 +331,8 @@ impl Queue {
             .arg(outcome)
             .arg(error)
             .arg(log_tail)
+            .arg(self.retry_delay_ms)
+            .arg(crate::clock::now_millis())
             .invoke(&mut self.conn)?)
     }
 
@@ -404,10 +427,13 @@ impl Keys {
     fn index(&self) -> String {
         format!("{}:jobs", self.prefix)
     }
+    fn delayed(&self) -> String {
+        format!("{}:delayed", self.prefix)
+    }
     /// The KEYS of a script that changes a job's state: the job, its
-    /// history, the stream and the dead-letter list.
+    /// history, the stream, the dead-letter list and the delayed retries.
     fn state_keys(&self, inv: &mut redis::ScriptInvocation<'_>, id: u64) {
-        inv.key(self.job(id)).key(self.history(id)).key(self.stream()).key(self.dead());
+        inv.key(self.job(id)).key(self.history(id)).key(self.stream()).key(self.dead()).key(self.delayed());
     }
 }
 
@@ -418,6 +444,7 @@ struct Scripts {
     heartbeat: Script,
     finish: Script,
     retry: Script,
+    promote: Script,
 }
 
 impl Scripts {
@@ -428,6 +455,7 @@ impl Scripts {
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             finish: script(include_str!("lua/finish.lua")),
             retry: script(include_str!("lua/retry.lua")),
+            promote: script(include_str!("lua/promote.lua")),
         }
     }
 }

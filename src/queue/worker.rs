@@ -115,6 +115,7 @@ fn tick(
 ) -> Result<bool, QueueError> {
     reap(queue, name, running, false, dead)?;
     heartbeat(queue, name, running, beat_every)?;
+    queue.promote()?;
     if running.len() >= opts.concurrency {
         std::thread::sleep(Duration::from_millis(50));
         return Ok(true);
@@ -127,7 +128,8 @@ fn tick(
         (true, false) => 2000,
     };
     let Some(delivery) = queue.take(name, Duration::from_millis(wait))? else {
-        return Ok(!(opts.drain && running.is_empty()));
+        // A draining worker also waits for the retries still to come.
+        return Ok(!(opts.drain && running.is_empty() && queue.waiting()? == 0));
     };
     match queue.start(name, &delivery)? {
         Start::Run(attempt) => {
@@ -197,7 +199,7 @@ fn reap(
             "already" => info!("job {}: another attempt had already succeeded; this one is not recorded", r.job.id),
             "lost" => info!("job {}: stopped; another worker holds it now", r.job.id),
             "queued" => info!("job {}: handed back to the queue", r.job.id),
-            "failed" => warn!("job {}: attempt {} of {} failed: {error}; it will be retried", r.job.id, r.attempt, r.job.max_attempts),
+            "failed" => warn!("job {}: attempt {} of {} failed: {error}; it will be retried later", r.job.id, r.attempt, r.job.max_attempts),
             _ => {
                 *dead += usize::from(state == "dead");
                 warn!("job {}: {state} after {} attempts: {error}", r.job.id, r.attempt);

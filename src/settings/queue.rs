@@ -18,6 +18,7 @@ pub(super) struct QueueFile {
     prefix: Option<String>,
     max_attempts: Option<u32>,
     lease: Option<u64>,
+    retry_delay: Option<u64>,
 }
 
 /// Where a job's password comes from; read only when the queue is used.
@@ -48,12 +49,17 @@ pub struct QueueSettings {
     /// Seconds a worker's hold on a job lasts without a heartbeat; after
     /// that another worker takes the job up.
     pub lease: u64,
+    /// Seconds before a failed job's first retry; each later one waits
+    /// twice as long (at most an hour). 0 retries at once.
+    pub retry_delay: u64,
 }
 
 /// Default for `max_attempts`.
 const MAX_ATTEMPTS: u32 = 3;
 /// Default for `lease`, in seconds.
 const LEASE: u64 = 60;
+/// Default for `retry_delay`, in seconds.
+const RETRY_DELAY: u64 = 30;
 
 impl QueueSettings {
     /// The section and its variables; `None` when no URL is set.
@@ -73,14 +79,13 @@ impl QueueSettings {
             match env_str(var) {
                 Some(v) => v
                     .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| SettingsError::Env(format!("{var}={v:?} is not a positive number"))),
+                    .map_err(|_| SettingsError::Env(format!("{var}={v:?} is not a whole number of seconds or attempts"))),
                 None => Ok(value.unwrap_or(default)),
             }
         };
         let max_attempts = number("DBIMAGE_QUEUE_MAX_ATTEMPTS", file.max_attempts.map(u64::from), MAX_ATTEMPTS.into())?;
         let lease = number("DBIMAGE_QUEUE_LEASE", file.lease, LEASE)?;
+        let retry_delay = number("DBIMAGE_QUEUE_RETRY_DELAY", file.retry_delay, RETRY_DELAY)?;
         if max_attempts == 0 || lease < 3 {
             return Err(bad("queue max_attempts must be at least 1 and lease at least 3 seconds".into()));
         }
@@ -95,6 +100,7 @@ impl QueueSettings {
             prefix: env_str("DBIMAGE_QUEUE_PREFIX").or(file.prefix).unwrap_or_else(|| "dbimage".into()),
             max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
             lease,
+            retry_delay,
         }))
     }
 }

@@ -1,5 +1,6 @@
--- An attempt ended. KEYS: job, history, stream, dead. ARGV: group, entry,
--- worker, host, now, outcome (ok|fail|handback), error, log tail.
+-- An attempt ended. KEYS: job, history, stream, dead, delayed. ARGV: group,
+-- entry, worker, host, now, outcome (ok|fail|handback), error, log tail,
+-- first retry delay (ms), now (ms).
 -- Returns 'succeeded' | 'already' | 'lost' | 'queued' | 'failed' | 'dead'.
 local group, entry, worker, host, now, outcome = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local f = redis.call('HMGET', KEYS[1], 'id', 'state', 'worker', 'entry', 'attempts', 'max_attempts')
@@ -35,7 +36,11 @@ if attempt >= tonumber(f[6]) then
   ack(group, entry)
   return 'dead'
 end
-redis.call('HSET', KEYS[1], 'state', 'failed')
-enqueue(id)
+-- The next attempt waits, twice as long after each failure (at most an
+-- hour), so a passing outage does not use up every attempt at once.
+local delay = math.min(tonumber(ARGV[9]) * 2 ^ (attempt - 1), 3600000)
+local at = tonumber(ARGV[10]) + delay
+redis.call('HSET', KEYS[1], 'state', 'failed', 'retry_at', string.format('%d', at))
+redis.call('ZADD', KEYS[5], at, id)
 ack(group, entry)
 return 'failed'

@@ -1,6 +1,7 @@
 -- Shared by every script (prepended). Keys of the script that includes it:
 -- KEYS[1] job hash, KEYS[2] its history list, KEYS[3] the stream, KEYS[4]
--- the dead-letter list (where used).
+-- the dead-letter list, KEYS[5] the retries waiting for their time (where
+-- used).
 local function transition(state, at, host, worker, attempt, note)
   local t = {state = state, at = at, host = host}
   if worker and worker ~= '' then t.worker = worker end
@@ -19,6 +20,7 @@ end
 local function enqueue(id)
   local e = redis.call('XADD', KEYS[3], '*', 'job', id)
   redis.call('HSET', KEYS[1], 'entry', e)
+  redis.call('HDEL', KEYS[1], 'retry_at')
 end
 
 local function to_dead(id, now, host, worker, attempt, note)

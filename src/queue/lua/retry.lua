@@ -7,6 +7,7 @@ if state ~= 'dead' then return state end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'updated_at', ARGV[2])
 redis.call('HDEL', KEYS[1], 'finished_at')
 redis.call('LREM', KEYS[4], 0, ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 transition('queued', ARGV[2], ARGV[3], nil, nil, 'retried by hand')
 enqueue(ARGV[1])
 return state
