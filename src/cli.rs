@@ -119,7 +119,7 @@ pub struct JobsArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub state: Vec<crate::queue::State>,
     /// Output format.
-    #[arg(short = 'f', long, value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'f', long, value_enum, default_value_t = Format::Table, global = true)]
     pub format: Format,
 }
 
@@ -130,9 +130,6 @@ pub enum JobsCommand {
     Show {
         /// The job's number.
         id: u64,
-        /// Output format.
-        #[arg(short = 'f', long, value_enum, default_value_t = Format::Table)]
-        format: Format,
     },
 }
 

@@ -386,8 +386,14 @@ fn bad_submissions_and_bad_credentials_are_refused() {
     assert!(err.contains("no build farm queue is configured"), "{err}");
     let err = refused(&["worker"], &[("DBIMAGE_REDIS_URL", "http://127.0.0.1:1/")]);
     assert!(err.contains("redis://"), "{err}");
-    // Nothing was queued by any of them.
-    assert_eq!(redis.cli(&["EXISTS", &format!("{prefix}:seq")]), "0");
+    // A job's --help is the command's help, and queues nothing.
+    let help = farm(&scratch, &redis, prefix, &["queue", "submit", "import", "/srv/a.vmdk", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--no-publish"));
+    // Nothing was queued by any of them, and reading a farm creates none.
+    let listed = farm(&scratch, &redis, prefix, &["jobs"]);
+    assert!(listed.status.success());
+    assert_eq!(redis.cli(&["EXISTS", &format!("{prefix}:seq"), &format!("{prefix}:stream")]), "0");
 }
 
 #[test]
@@ -427,4 +433,59 @@ fn a_dead_workers_job_behind_ten_live_ones_is_taken_up_first() {
     let dead: Vec<u64> = all.iter().filter(|j| j["state"] == "dead").map(|j| j["id"].as_u64().unwrap()).collect();
     assert_eq!(dead, [ids[11]], "{all:#?}");
     assert!(log.contains("1 job(s) ended in the dead-letter list"), "{log}");
+}
+
+#[test]
+fn a_worker_cut_off_from_redis_stops_its_job_and_recovers() {
+    require_root();
+    let mut redis = Redis::start(false);
+    let scratch = Scratch::new();
+    let prefix = "farm-fence";
+    let dir = scratch.dir.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Big enough that converting it outlasts two thirds of the lease.
+    let slow = {
+        let tree = dir.join("slow-tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
+        sh(&format!("head -c 500M /dev/urandom > {}/blob", tree.display()));
+        let raw = dir.join("slow.raw");
+        sh(&format!("truncate -s 700M {}", raw.display()));
+        sh(&format!("printf 'label: dos\\nstart=2048, type=83\\n' | sfdisk -q {}", raw.display()));
+        sh(&format!("mkfs.ext4 -q -F -E offset=1048576 -d {} {} 690M", tree.display(), raw.display()));
+        std::fs::remove_dir_all(tree).unwrap();
+        raw
+    };
+    let small = source_disk(&dir, "small", 0);
+    let id = submit(&scratch, &redis, prefix, &["import", &slow.to_string_lossy(), "--no-publish"]);
+    let logs = scratch.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join("w.log");
+    let mut w = Workers(vec![worker(farm_cmd(&scratch, &redis, prefix), &log, &["-n", "1"])]);
+    wait_until(60, "the slow job to run", || {
+        jobs(&scratch, &redis, prefix).iter().any(|j| j["id"] == id && j["state"] == "running").then_some(())
+    });
+    // Redis dies mid-job: within two thirds of the 5 s lease the worker
+    // stops the job, which another worker could otherwise run twice.
+    let down = Instant::now();
+    redis.crash_and_restart(Duration::from_secs(6));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!("job {id}: its lease could not be renewed")), "{text}");
+    assert!(no_process_of(&slow), "the job outlived its lease: {text}");
+    assert!(down.elapsed() < Duration::from_secs(30));
+    // Redis is back, empty: the worker finds the job's record gone, carries
+    // on and takes new jobs.
+    wait_until(60, "the worker to settle the stopped job", || {
+        std::fs::read_to_string(&log).unwrap().contains(&format!("job {id}: its record is gone from Redis")).then_some(())
+    });
+    let again = submit(&scratch, &redis, prefix, &["import", &small.to_string_lossy(), "--no-publish"]);
+    wait_until(120, "the new job to succeed", || {
+        jobs(&scratch, &redis, prefix).iter().any(|j| j["id"] == again && j["state"] == "succeeded").then_some(())
+    });
+    signal(&w.0[0], "TERM");
+    let status = wait_exit(&mut w.0[0], 60, "the worker to stop");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}: {text}");
+    assert!(!scratch.out().join("slow.qcow2").exists(), "the stopped job left its output");
+    scratch.assert_clean();
 }

@@ -13,10 +13,10 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
     let mut queue = Queue::connect(settings.queue.as_ref())?;
     match args.command {
-        Some(JobsCommand::Show { id, format }) => {
+        Some(JobsCommand::Show { id }) => {
             let job = queue.job(id)?;
             let history = queue.history(id)?;
-            match format {
+            match args.format {
                 Format::Json => println!("{:#}", json!({"job": job, "history": history})),
                 Format::Table => print!("{}", show(&job, &history)),
             }

@@ -53,6 +53,9 @@ pub enum QueueError {
         /// Redis's error.
         err: redis::RedisError,
     },
+    /// The server is too old for the commands the queue needs.
+    #[error("the queue's Redis is version {0}; dbimage needs Redis 6.2 or newer (XAUTOCLAIM)")]
+    Unsupported(String),
     /// A command failed.
     #[error("queue: {0}")]
     Redis(#[from] redis::RedisError),
@@ -73,6 +76,16 @@ impl QueueError {
     /// Whether the request or the settings are at fault (exit code 2).
     pub fn is_usage(&self) -> bool {
         !matches!(self, QueueError::Connect { .. } | QueueError::Redis(_))
+    }
+
+    /// Whether waiting and reconnecting may cure it (the connection, not
+    /// permissions or data).
+    pub fn is_transient(&self) -> bool {
+        let e = match self {
+            QueueError::Connect { err, .. } | QueueError::Redis(err) => err,
+            _ => return false,
+        };
+        e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || matches!(e.code(), Some("LOADING" | "BUSY"))
     }
 }
 
@@ -113,7 +126,7 @@ pub struct Queue {
     keys: Keys,
     scripts: Scripts,
     /// Attempts a new job gets unless it says otherwise.
-    pub max_attempts: u32,
+    max_attempts: u32,
     /// The lease, in seconds.
     pub lease: u64,
     /// The wait before a failed job's first retry, in milliseconds.
@@ -122,8 +135,8 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Connects (TLS and ACL login as configured) and makes sure the
-    /// stream and its consumer group exist.
+    /// Connects (TLS and ACL login as configured) and checks the server
+    /// can hold the queue.
     pub fn connect(settings: Option<&QueueSettings>) -> Result<Queue, QueueError> {
         let s = settings.ok_or(QueueError::NotConfigured)?;
         let shown = without_credentials(&s.url);
@@ -156,7 +169,9 @@ impl Queue {
         }
         .map_err(connect_err)?;
         let conn = client.get_connection_with_timeout(Duration::from_secs(10)).map_err(connect_err)?;
-        conn.set_read_timeout(Some(Duration::from_secs(30))).map_err(connect_err)?;
+        // Short enough for a worker to notice a silent server well within a
+        // lease; longer than the longest blocking read (2 s).
+        conn.set_read_timeout(Some(Duration::from_secs((s.lease / 4).max(3)))).map_err(connect_err)?;
         let mut queue = Queue {
             conn,
             keys: Keys { prefix: s.prefix.clone() },
@@ -166,24 +181,40 @@ impl Queue {
             retry_delay_ms: s.retry_delay * 1000,
             host: hostname(),
         };
+        let info: String = redis::cmd("INFO").arg("server").query(&mut queue.conn).map_err(connect_err)?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("0")
+            .trim()
+            .to_string();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        if (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (6, 2) {
+            return Err(QueueError::Unsupported(version));
+        }
+        Ok(queue)
+    }
+
+    /// Makes sure the stream and its consumer group exist (for the
+    /// commands that write; reading a farm never creates one).
+    pub fn join(&mut self) -> Result<(), QueueError> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(queue.keys.stream())
+            .arg(self.keys.stream())
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
-            .query(&mut queue.conn);
+            .query(&mut self.conn);
         match created {
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            other => other.map_err(connect_err)?,
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
         }
-        Ok(queue)
     }
 
     /// Puts a job on the queue; returns its number.
     pub fn submit(&mut self, kind: Kind, args: &[String], max_attempts: Option<u32>) -> Result<u64, QueueError> {
         let id: u64 = redis::cmd("INCR").arg(self.keys.seq()).query(&mut self.conn)?;
-        let args = serde_json::to_string(args).unwrap_or_else(|_| "[]".into());
+        let args = serde_json::Value::from(args.to_vec()).to_string();
         let _: i64 = self
             .scripts
             .submit
@@ -367,6 +398,9 @@ impl Queue {
     /// Every job, oldest first.
     pub fn jobs(&mut self) -> Result<Vec<Job>, QueueError> {
         let ids: Vec<u64> = redis::cmd("ZRANGE").arg(self.keys.index()).arg(0).arg(-1).query(&mut self.conn)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.cmd("HGETALL").arg(self.keys.job(*id));
@@ -498,7 +532,7 @@ fn without_credentials(url: &str) -> String {
 }
 
 /// The kernel's host name.
-pub fn hostname() -> String {
+fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())

@@ -46,199 +46,256 @@ struct Running {
     child: Child,
     log: PathBuf,
     started: Instant,
-    last_beat: Instant,
-    /// Its lease passed to another worker (or the job ended elsewhere).
+    /// When its lease was last renewed (or the job started).
+    renewed: Instant,
+    /// When its lease is next due for renewal.
+    next_beat: Instant,
+    /// Its lease passed to another worker (or the job ended elsewhere), or
+    /// could not be renewed: the worker stopped it.
     lost: bool,
+}
+
+/// A worker's state between rounds.
+struct Worker<'a> {
+    queue: Queue,
+    settings: Option<&'a QueueSettings>,
+    opts: &'a Options,
+    name: String,
+    lease: Duration,
+    running: Vec<Running>,
+    /// Jobs of this worker that ended in the dead-letter list.
+    dead: usize,
+    /// Why the worker must stop (a job could not be started).
+    fatal: Option<String>,
 }
 
 /// Runs the worker until SIGTERM/Ctrl-C (or, with `drain`, until idle).
 pub fn run(settings: Option<&QueueSettings>, opts: &Options) -> anyhow::Result<()> {
     let mut queue = Queue::connect(settings)?;
+    queue.join()?;
     std::fs::create_dir_all(&opts.log_dir)
         .with_context(|| format!("cannot create the job log directory {}", opts.log_dir.display()))?;
     let name = format!("{}:{}:{:04x}", queue.host(), std::process::id(), uuid::Uuid::new_v4().as_u128() as u16);
-    let beat_every = Duration::from_secs(queue.lease) / 3;
+    let lease = Duration::from_secs(queue.lease);
     info!("worker {name}: up to {} job(s) at once, lease {} s, logs in {}", opts.concurrency, queue.lease, opts.log_dir.display());
-    let mut running: Vec<Running> = Vec::new();
-    let mut dead = 0usize;
-    while !cancelled() {
-        match tick(&mut queue, &name, opts, &mut running, beat_every, &mut dead) {
+    let mut w = Worker { queue, settings, opts, name, lease, running: Vec::new(), dead: 0, fatal: None };
+    while !cancelled() && w.fatal.is_none() {
+        w.fence();
+        match w.tick() {
             Ok(true) => {}
             Ok(false) => break,
-            // A signal interrupts a blocking read: not a queue problem.
+            // A signal can end a blocking read early: not a queue problem.
             Err(_) if cancelled() => break,
-            Err(e) => recover(&mut queue, settings, &e),
+            Err(e) => w.recover(&e)?,
         }
     }
-    if !running.is_empty() {
-        info!("stopping {} running job(s) and handing them back", running.len());
-        for r in &running {
-            terminate(&r.child);
-        }
+    w.shut_down()?;
+    if let Some(why) = w.fatal {
+        anyhow::bail!("{why}; the worker stopped (its jobs were handed back)");
     }
-    // Leases are renewed while the jobs clean up. If the queue stays out of
-    // reach for a lease, stop trying: the leases expire and other workers
-    // take the jobs up, as after a crash.
-    let mut failing_since: Option<Instant> = None;
-    while !running.is_empty() {
-        match reap(&mut queue, &name, &mut running, true, &mut dead)
-            .and_then(|()| heartbeat(&mut queue, &name, &mut running, beat_every))
-        {
-            Ok(()) => failing_since = None,
-            Err(e) if failing_since.is_some_and(|t| t.elapsed() >= beat_every * 3) => {
-                anyhow::bail!("{e}; {} job(s) not handed back: their leases will expire", running.len());
-            }
-            Err(e) => {
-                failing_since.get_or_insert_with(Instant::now);
-                recover(&mut queue, settings, &e);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if opts.drain && w.dead > 0 {
+        anyhow::bail!("{} job(s) ended in the dead-letter list; `dbimage jobs --state dead` lists them", w.dead);
     }
-    queue.leave(&name)?;
-    if opts.drain && dead > 0 {
-        anyhow::bail!("{dead} job(s) ended in the dead-letter list; `dbimage jobs --state dead` lists them");
-    }
-    info!("worker {name}: stopped");
+    info!("worker {}: stopped", w.name);
     Ok(())
 }
 
-/// One round: reap finished jobs, renew leases, take a job if there is
-/// room. False when a draining worker has nothing left to do.
-fn tick(
-    queue: &mut Queue,
-    name: &str,
-    opts: &Options,
-    running: &mut Vec<Running>,
-    beat_every: Duration,
-    dead: &mut usize,
-) -> Result<bool, QueueError> {
-    reap(queue, name, running, false, dead)?;
-    heartbeat(queue, name, running, beat_every)?;
-    queue.promote()?;
-    if running.len() >= opts.concurrency {
-        std::thread::sleep(Duration::from_millis(50));
-        return Ok(true);
+impl Worker<'_> {
+    /// One round: reap finished jobs, renew leases, requeue due retries,
+    /// take a job if there is room. False when a draining worker has
+    /// nothing left to do.
+    fn tick(&mut self) -> Result<bool, QueueError> {
+        self.reap(false)?;
+        self.heartbeat(false)?;
+        self.queue.promote()?;
+        if self.running.len() >= self.opts.concurrency {
+            std::thread::sleep(Duration::from_millis(50));
+            return Ok(true);
+        }
+        // Short waits while jobs run, so that one ending is noticed soon; a
+        // draining worker asks again sooner before deciding it is done.
+        let wait = match (self.running.is_empty(), self.opts.drain) {
+            (false, _) => 100,
+            (true, true) => 500,
+            (true, false) => 2000,
+        };
+        let Some(delivery) = self.queue.take(&self.name, Duration::from_millis(wait))? else {
+            // A draining worker also waits for the retries still to come.
+            return Ok(!(self.opts.drain && self.running.is_empty() && self.queue.waiting()? == 0));
+        };
+        match self.queue.start(&self.name, &delivery)? {
+            Start::Run(attempt) => self.launch(delivery, attempt)?,
+            Start::Skip(state) if state == "missing" => {
+                warn!("job {}: its record is gone from Redis (evicted or deleted?); the delivery is dropped", delivery.job);
+            }
+            Start::Skip(state) if state == "mine" => {}
+            Start::Skip(state) => info!("job {}: a second delivery; it is {state}, not run again", delivery.job),
+            Start::Dead(why) => {
+                self.dead += 1;
+                warn!("job {}: dead: {why}", delivery.job);
+            }
+        }
+        Ok(true)
     }
-    // Short waits while jobs run, so that one ending is noticed soon; a
-    // draining worker asks again sooner before deciding it is done.
-    let wait = match (running.is_empty(), opts.drain) {
-        (false, _) => 100,
-        (true, true) => 500,
-        (true, false) => 2000,
-    };
-    let Some(delivery) = queue.take(name, Duration::from_millis(wait))? else {
-        // A draining worker also waits for the retries still to come.
-        return Ok(!(opts.drain && running.is_empty() && queue.waiting()? == 0));
-    };
-    match queue.start(name, &delivery)? {
-        Start::Run(attempt) => {
-            let job = queue.job(delivery.job)?;
-            let log = opts.log_dir.join(format!("job-{}-{attempt}.log", job.id));
-            match spawn(&job, &log) {
-                Ok(child) => {
-                    info!("job {} ({}): attempt {attempt} of {} started", job.id, job.command_line(), job.max_attempts);
-                    let now = Instant::now();
-                    running.push(Running { delivery, job, attempt, child, log, started: now, last_beat: now, lost: false });
+
+    /// Starts a delivered job's process. If it cannot start (the binary
+    /// or the log directory gone), the job is handed back, not failed, and
+    /// the worker stops: that is this server's fault, not the job's.
+    fn launch(&mut self, delivery: Delivery, attempt: u32) -> Result<(), QueueError> {
+        let job = self.queue.job(delivery.job)?;
+        let log = self.opts.log_dir.join(format!("job-{}-{attempt}.log", job.id));
+        match spawn(&job, &log) {
+            Ok(child) => {
+                info!("job {} ({}): attempt {attempt} of {} started", job.id, job.command_line(), job.max_attempts);
+                let now = Instant::now();
+                let next_beat = now + self.lease / 3;
+                self.running.push(Running { delivery, job, attempt, child, log, started: now, renewed: now, next_beat, lost: false });
+            }
+            Err(e) => {
+                let why = format!("cannot start dbimage for job {}: {e}", job.id);
+                self.queue.finish(&self.name, &delivery, Outcome::HandBack, "", "")?;
+                self.fatal = Some(why);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records every job whose process ended. `stopping`: the worker stopped
+    /// them, so a failure is a hand-back, not the job's.
+    fn reap(&mut self, stopping: bool) -> Result<(), QueueError> {
+        let mut i = 0;
+        while i < self.running.len() {
+            let status = match self.running[i].child.try_wait() {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    i += 1;
+                    continue;
                 }
                 Err(e) => {
-                    let error = format!("cannot start dbimage: {e}");
-                    warn!("job {}: {error}", job.id);
-                    if queue.finish(name, &delivery, Outcome::Fail, &error, "")? == "dead" {
-                        *dead += 1;
-                    }
+                    warn!("job {}: cannot wait for its process: {e}", self.running[i].job.id);
+                    i += 1;
+                    continue;
+                }
+            };
+            let r = &self.running[i];
+            let tail = log_tail(&r.log);
+            let (outcome, error) = if status.success() {
+                (Outcome::Ok, String::new())
+            } else if stopping || r.lost {
+                (Outcome::HandBack, String::new())
+            } else {
+                (Outcome::Fail, failure(&r.log, status))
+            };
+            let state = self.queue.finish(&self.name, &r.delivery, outcome, &error, &tail)?;
+            let (id, secs) = (r.job.id, r.started.elapsed().as_secs_f64());
+            match state.as_str() {
+                "succeeded" => info!("job {id}: succeeded in {secs:.1} s"),
+                "already" => info!("job {id}: another attempt had already succeeded; this one is not recorded"),
+                "lost" => info!("job {id}: stopped; another worker holds it now"),
+                "queued" => info!("job {id}: handed back to the queue"),
+                "failed" => {
+                    warn!("job {id}: attempt {} of {} failed: {error}; it will be retried later", r.attempt, r.job.max_attempts);
+                }
+                "missing" => warn!("job {id}: its record is gone from Redis (evicted or deleted?); nothing recorded"),
+                _ => {
+                    self.dead += usize::from(state == "dead");
+                    warn!("job {id}: {state} after {} attempts: {error}", r.attempt);
                 }
             }
+            self.running.swap_remove(i);
         }
-        Start::Skip(state) => info!("job {}: a second delivery; it is {state}, not run again", delivery.job),
-        Start::Dead(why) => {
-            *dead += 1;
-            warn!("job {}: dead: {why}", delivery.job);
-        }
+        Ok(())
     }
-    Ok(true)
-}
 
-/// Records every job whose process ended. `stopping`: the worker stopped
-/// them, so a failure is a hand-back, not the job's.
-/// Counts the jobs that went to the dead-letter list in `dead`.
-fn reap(
-    queue: &mut Queue,
-    name: &str,
-    running: &mut Vec<Running>,
-    stopping: bool,
-    dead: &mut usize,
-) -> Result<(), QueueError> {
-    let mut i = 0;
-    while i < running.len() {
-        let status = match running[i].child.try_wait() {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                i += 1;
-                continue;
-            }
-            Err(e) => {
-                warn!("job {}: cannot wait for its process: {e}", running[i].job.id);
-                i += 1;
-                continue;
-            }
-        };
-        let r = &running[i];
-        let tail = log_tail(&r.log);
-        let (outcome, error) = if status.success() {
-            (Outcome::Ok, String::new())
-        } else if stopping || r.lost {
-            (Outcome::HandBack, String::new())
-        } else {
-            (Outcome::Fail, failure(&r.log, status))
-        };
-        let state = queue.finish(name, &r.delivery, outcome, &error, &tail)?;
-        let secs = r.started.elapsed().as_secs_f64();
-        match state.as_str() {
-            "succeeded" => info!("job {}: succeeded in {secs:.1} s", r.job.id),
-            "already" => info!("job {}: another attempt had already succeeded; this one is not recorded", r.job.id),
-            "lost" => info!("job {}: stopped; another worker holds it now", r.job.id),
-            "queued" => info!("job {}: handed back to the queue", r.job.id),
-            "failed" => warn!("job {}: attempt {} of {} failed: {error}; it will be retried later", r.job.id, r.attempt, r.job.max_attempts),
-            _ => {
-                *dead += usize::from(state == "dead");
-                warn!("job {}: {state} after {} attempts: {error}", r.job.id, r.attempt);
+    /// Renews the leases that are due (all of them with `all`); stops a
+    /// job whose lease was lost. A lease is due well before it expires, and
+    /// stays due until a renewal succeeds.
+    fn heartbeat(&mut self, all: bool) -> Result<(), QueueError> {
+        let now = Instant::now();
+        for r in self.running.iter_mut().filter(|r| !r.lost && (all || r.next_beat <= now)) {
+            if self.queue.heartbeat(&self.name, &r.delivery, &log_tail(&r.log))? {
+                r.renewed = Instant::now();
+                r.next_beat = r.renewed + self.lease / 3;
+            } else {
+                warn!("job {}: the lease passed to another worker; stopping this attempt", r.job.id);
+                r.lost = true;
+                terminate(&r.child);
             }
         }
-        running.swap_remove(i);
+        Ok(())
     }
-    Ok(())
-}
 
-/// Renews the leases that are due; stops a job whose lease was lost.
-fn heartbeat(queue: &mut Queue, name: &str, running: &mut [Running], every: Duration) -> Result<(), QueueError> {
-    for r in running.iter_mut().filter(|r| !r.lost && r.last_beat.elapsed() >= every) {
-        r.last_beat = Instant::now();
-        if !queue.heartbeat(name, &r.delivery, &log_tail(&r.log))? {
-            warn!("job {}: the lease passed to another worker; stopping this attempt", r.job.id);
+    /// Stops the jobs whose lease could not be renewed for two thirds of a
+    /// lease (the queue out of reach), before it expires and another worker
+    /// may take them up.
+    fn fence(&mut self) {
+        let limit = self.lease * 2 / 3;
+        for r in self.running.iter_mut().filter(|r| !r.lost && r.renewed.elapsed() >= limit) {
+            warn!("job {}: its lease could not be renewed for {} s; stopping this attempt", r.job.id, limit.as_secs());
             r.lost = true;
             terminate(&r.child);
         }
     }
-    Ok(())
-}
 
-/// After a failed queue command: wait, then reconnect (jobs keep running;
-/// a job that ends meanwhile is recorded on a later round).
-fn recover(queue: &mut Queue, settings: Option<&QueueSettings>, e: &QueueError) {
-    warn!("{e}; reconnecting in 2 s (running jobs go on)");
-    std::thread::sleep(Duration::from_secs(2));
-    match Queue::connect(settings) {
-        Ok(q) => *queue = q,
-        Err(e) => warn!("{e}"),
+    /// After a failed queue command: wait, reconnect, and renew every lease
+    /// at once (jobs keep running meanwhile). An error that waiting cannot
+    /// cure (permissions, a key of another type) ends the worker.
+    fn recover(&mut self, e: &QueueError) -> anyhow::Result<()> {
+        if !e.is_transient() {
+            return Err(anyhow::anyhow!("{e}"));
+        }
+        warn!("{e}; reconnecting in 2 s (running jobs go on)");
+        std::thread::sleep(Duration::from_secs(2));
+        // A server that came back empty needs the consumer group again.
+        match Queue::connect(self.settings).and_then(|mut q| q.join().map(|()| q)) {
+            Ok(q) => {
+                self.queue = q;
+                if let Err(e) = self.heartbeat(true) {
+                    warn!("{e}");
+                }
+            }
+            Err(e) => warn!("{e}"),
+        }
+        Ok(())
+    }
+
+    /// Stops every running job and hands it back (unless it finished
+    /// anyway). Leases are renewed while the jobs clean up; if the queue
+    /// stays out of reach for a lease, the worker gives up: the leases
+    /// expire and other workers take the jobs up, as after a crash.
+    fn shut_down(&mut self) -> anyhow::Result<()> {
+        if !self.running.is_empty() {
+            info!("stopping {} running job(s) and handing them back", self.running.len());
+            for r in &self.running {
+                terminate(&r.child);
+            }
+        }
+        let mut failing_since: Option<Instant> = None;
+        while !self.running.is_empty() {
+            match self.reap(true).and_then(|()| self.heartbeat(false)) {
+                Ok(()) => failing_since = None,
+                Err(e) if failing_since.is_some_and(|t| t.elapsed() >= self.lease) => {
+                    anyhow::bail!("{e}; {} job(s) not handed back: their leases will expire", self.running.len());
+                }
+                Err(e) => {
+                    failing_since.get_or_insert_with(Instant::now);
+                    self.recover(&e)?;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.queue.leave(&self.name)?;
+        Ok(())
     }
 }
 
-/// Starts `dbimage <kind> <args…>` for a job, its output in `log`.
+/// Starts `dbimage <kind> <args…>` for a job, its output appended to `log`
+/// (an attempt handed back and run again keeps its first part).
 fn spawn(job: &Job, log: &Path) -> std::io::Result<Child> {
-    let out = File::create(log)?;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let parent = nix::unistd::getpid();
-    let mut cmd = Command::new(std::env::current_exe()?);
+    // This very binary, even if a package upgrade replaced the file.
+    let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(job.kind.as_str())
         .args(&job.args)
         .env("DBIMAGE_JOB_ID", job.id.to_string())
@@ -246,6 +303,10 @@ fn spawn(job: &Job, log: &Path) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
+    // The queue's credentials are the worker's, not the job's.
+    for var in ["DBIMAGE_REDIS_URL", "DBIMAGE_REDIS_USER", "DBIMAGE_REDIS_PASSWORD", "DBIMAGE_REDIS_PASSWORD_FILE"] {
+        cmd.env_remove(var);
+    }
     // SAFETY: only async-signal-safe system calls run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

@@ -21,10 +21,11 @@ pub(super) struct QueueFile {
     retry_delay: Option<u64>,
 }
 
-/// Where a job's password comes from; read only when the queue is used.
+/// Where the queue's password comes from (a password in the URL is used
+/// as it is); a file is read only when the queue is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Password {
-    /// `DBIMAGE_REDIS_PASSWORD` (or the URL's own).
+    /// `DBIMAGE_REDIS_PASSWORD`.
     Value(String),
     /// `password_file` / `DBIMAGE_REDIS_PASSWORD_FILE`: its first line.
     File(PathBuf),
@@ -70,10 +71,7 @@ impl QueueSettings {
         };
         let bad = |msg: String| SettingsError::Invalid { path: from.into(), msg };
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(bad(format!(
-                "queue url {:?} is not redis://host:port/db (or rediss:// for TLS)",
-                crate::run::redact(&url)
-            )));
+            return Err(bad("queue url must be redis://[user:password@]host:port/db, or rediss://… for TLS".into()));
         }
         let number = |var: &str, value: Option<u64>, default: u64| -> Result<u64, SettingsError> {
             match env_str(var) {
@@ -86,8 +84,11 @@ impl QueueSettings {
         let max_attempts = number("DBIMAGE_QUEUE_MAX_ATTEMPTS", file.max_attempts.map(u64::from), MAX_ATTEMPTS.into())?;
         let lease = number("DBIMAGE_QUEUE_LEASE", file.lease, LEASE)?;
         let retry_delay = number("DBIMAGE_QUEUE_RETRY_DELAY", file.retry_delay, RETRY_DELAY)?;
-        if max_attempts == 0 || lease < 3 {
-            return Err(bad("queue max_attempts must be at least 1 and lease at least 3 seconds".into()));
+        if max_attempts == 0 || lease < 3 || retry_delay > 3600 {
+            return Err(bad(format!(
+                "queue max_attempts {max_attempts}, lease {lease} s, retry_delay {retry_delay} s: \
+                 need at least 1 attempt, a lease of at least 3 s and a retry delay of at most 3600 s"
+            )));
         }
         let password = env_str("DBIMAGE_REDIS_PASSWORD")
             .map(Password::Value)

@@ -85,6 +85,28 @@ impl Redis {
         panic!("redis-server did not start: {}", std::fs::read_to_string(d.join("redis.log")).unwrap_or_default());
     }
 
+    /// Kills the server (SIGKILL) and, after `down`, starts it again on
+    /// the same port with the same configuration, empty.
+    pub fn crash_and_restart(&mut self, down: std::time::Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("redis.log")).unwrap();
+        self.child = Command::new("redis-server")
+            .arg(d.join("redis.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(d.join("redis.log")).unwrap_or_default().contains("Ready to accept connections") {
+            assert!(self.child.try_wait().unwrap().is_none() && Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Points `dbimage` at this server under a key prefix of its own.
     pub fn env(&self, c: &mut Command, prefix: &str) {
         let scheme = if self.ca.is_some() { "rediss" } else { "redis" };

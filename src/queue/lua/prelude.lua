@@ -29,3 +29,8 @@ local function to_dead(id, now, host, worker, attempt, note)
   redis.call('LREM', KEYS[4], 0, id)
   redis.call('LPUSH', KEYS[4], id)
 end
+
+-- Whether the job is running under this worker for this delivery.
+local function held_by(f_state, f_worker, f_entry, worker, entry)
+  return f_state == 'running' and f_worker == worker and f_entry == entry
+end

@@ -4,6 +4,11 @@
 local group, entry, worker, host, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local f = redis.call('HMGET', KEYS[1], 'id', 'state', 'entry', 'attempts', 'max_attempts', 'worker', 'host')
 local id, state = f[1], f[2]
+-- This worker's own delivery, claimed back after a missed heartbeat: it
+-- runs here already.
+if held_by(state, f[6], f[3], worker, entry) then
+  return {'skip', 'mine'}
+end
 -- A done job, or a delivery superseded by a newer one, is acknowledged
 -- and not run: this is what keeps a second delivery from running it twice.
 if not state or f[3] ~= entry or state == 'succeeded' or state == 'dead' then
