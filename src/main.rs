@@ -12,6 +12,7 @@ mod cloud;
 mod commands;
 mod disk;
 mod elements;
+mod host_tools;
 mod image;
 mod logging;
 mod queue;

@@ -162,3 +162,36 @@ mod nix_signal {
         assert!(ok.success());
     }
 }
+
+/// A PATH holding every program of the host's except `program`.
+fn path_without(dir: &Path, program: &str) -> std::ffi::OsString {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in std::env::split_paths(&std::env::var_os("PATH").unwrap()) {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let link = bin.join(entry.file_name());
+            if entry.file_name() != program && !link.exists() {
+                std::os::unix::fs::symlink(entry.path(), &link).unwrap();
+            }
+        }
+    }
+    bin.into_os_string()
+}
+
+/// A build must not find out after minutes that a host program is
+/// missing: it stops before touching anything, naming the package.
+#[test]
+fn missing_host_program_stops_make_before_building() {
+    let scratch = Scratch::new();
+    let path = path_without(scratch.dir.path(), "qemu-img");
+    let mut c = scratch.cmd();
+    c.env("PATH", &path).args(["make", "-d", "redis", "-I"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("`qemu-img` (package qemu-utils)") && err.contains("install qemu-utils"), "{err}");
+    assert!(!err.contains("debootstrap"), "debootstrap is there and not named: {err}");
+    assert!(!scratch.work().exists(), "nothing was created");
+    assert!(scratch.outputs().is_empty());
+}

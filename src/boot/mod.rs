@@ -10,6 +10,7 @@
 pub mod qemu;
 pub mod seed;
 
+use crate::host_tools;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::TcpListener;
@@ -104,12 +105,14 @@ pub enum BootError {
         db: String,
     },
     /// The probe's client program is not installed on this host.
-    #[error("the {db} probe needs `{program}` on this host, and it is not on PATH")]
+    #[error("the {db} probe needs `{program}` on this host, and it is not on PATH; install {package}")]
     ProbeMissing {
         /// The database.
         db: String,
         /// The client program.
         program: String,
+        /// The package that provides it.
+        package: &'static str,
     },
     /// A local file operation failed.
     #[error("{what}: {source}")]
@@ -274,15 +277,6 @@ fn probe_cmd(ds: &Resolved, port: u16, password: &str, limit_secs: u64) -> Cmd {
         .envs(env)
 }
 
-/// Whether `program` can be run: a path that exists, or a name on PATH.
-fn program_exists(program: &str) -> bool {
-    if program.contains('/') {
-        return Path::new(program).is_file();
-    }
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
 
 /// Boots `image` (an image of `ds`) and waits until `ds`'s probe succeeds.
 ///
@@ -304,10 +298,11 @@ pub fn boot_and_probe(
     let Some(program) = ds.test.probe.first() else {
         return Err(BootError::EmptyProbe { db: ds.db.clone() });
     };
-    if !program_exists(program) {
+    if !host_tools::on_path(program) {
         return Err(BootError::ProbeMissing {
             db: ds.db.clone(),
             program: program.clone(),
+            package: host_tools::package_of(program).unwrap_or("the package that provides it"),
         });
     }
     // QEMU resolves relative paths against its own cwd, which is ours, but

@@ -1,6 +1,7 @@
 //! Plan, then act: every input of `dbimage make` resolved and checked into
 //! a [`Plan`] before anything on the host changes.
 
+use crate::host_tools::{self, Group};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -116,6 +117,7 @@ impl Install {
         }
         let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
         if name.ends_with(".deb") {
+            host_tools::require(&[Group::Deb], &[])?;
             let fields = Cmd::new("dpkg-deb")
                 .args(["--field"])
                 .arg(path)
@@ -184,6 +186,25 @@ fn ser_compression<S: serde::Serializer>(c: &Compression, s: S) -> Result<S::Ok,
 }
 
 impl Plan {
+    /// The groups of host programs building this plan needs: on this host,
+    /// or (`remote`) on a build VM, with only SSH and the publish check here.
+    pub fn host_tools(&self, remote: bool) -> Vec<Group> {
+        if remote {
+            return if self.publish { vec![Group::Remote, Group::Publish] } else { vec![Group::Remote] };
+        }
+        let mut groups = vec![Group::Build];
+        if self.emulated {
+            groups.push(Group::Foreign);
+        }
+        if self.datastore.repo.is_some() {
+            groups.push(Group::Vendor);
+        }
+        if matches!(self.install, Install::Deb { .. }) {
+            groups.push(Group::Deb);
+        }
+        groups
+    }
+
     /// Adds a public key (the controller's) to the ones the user gets.
     pub fn add_ssh_key(&mut self, key: &str) {
         let keys = match self.ssh_key.take() {

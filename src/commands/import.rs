@@ -12,6 +12,7 @@
 //! with its own format and writes a temporary file that is renamed into
 //! place only when complete.
 
+use crate::host_tools::{self, Group};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,7 @@ struct Request {
 /// Runs `dbimage import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    host_tools::require(&[Group::Image], &[])?;
     let req = plan(&args, &settings)?;
     check_and_convert(&req, &settings)?;
     println!("{}", req.dest.display());

@@ -4,6 +4,7 @@
 //! exit codes and renders the report as a table or JSON (shape documented
 //! there).
 
+use crate::host_tools::{self, Group};
 use anyhow::Context as _;
 use indicatif::HumanBytes;
 
@@ -12,6 +13,7 @@ use crate::image::inspect::{self, DatabaseSource, Package, Report};
 
 /// Runs `dbimage inspect`.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    host_tools::require(&[Group::Image], &[])?;
     let report = inspect::inspect(&args.image)?;
     let out = match args.format {
         Format::Table => table(&report),

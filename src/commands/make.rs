@@ -8,6 +8,7 @@ use crate::build::pipeline;
 use crate::build::plan::Plan;
 use crate::cli::MakeArgs;
 use crate::commands::{UsageError, guest_agent_conf, publish};
+use crate::host_tools::{self, Group};
 use crate::remote::build::{BuildVm, Request};
 use crate::remote::controller;
 use crate::settings::Settings;
@@ -39,7 +40,10 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let vm = match &args.dibvm {
-        Some(host) if !args.dry_run => Some(BuildVm::connect(host, &settings)?),
+        Some(host) if !args.dry_run => {
+            host_tools::require(&[Group::Remote], &[])?;
+            Some(BuildVm::connect(host, &settings)?)
+        }
         _ => None,
     };
     if let Some(vm) = &vm
@@ -67,6 +71,7 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
     }
+    host_tools::require(&plan.host_tools(vm.is_some()), &[])?;
     if let Some(terms) = plan.datastore.repo.as_ref().and_then(|r| r.terms.as_deref()) {
         tracing::warn!(
             "{} {} edition: {terms} By building this image you confirm that you have read and comply with these terms.",

@@ -107,6 +107,7 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         ExitCode::from(EXIT_INTERRUPTED)
     } else if err.downcast_ref::<UsageError>().is_some()
         || err.downcast_ref::<crate::catalog::CatalogError>().is_some()
+        || err.downcast_ref::<crate::host_tools::MissingTools>().is_some()
         || err.downcast_ref::<crate::elements::ElementError>().is_some()
         || matches!(err.downcast_ref::<crate::remote::playbook::PlaybookError>(), Some(crate::remote::playbook::PlaybookError::Invalid { .. }))
         || matches!(err.downcast_ref::<crate::cloud::CloudError>(), Some(crate::cloud::CloudError::Config(_)))

@@ -1,6 +1,7 @@
 //! `dbimage publish` (and the publishing step of `make`): check the image,
 //! resolve what Glance and Trove should hold, log in, publish, report.
 
+use crate::host_tools::{self, Group};
 use std::path::Path;
 
 use crate::build::manifest::{self, ImageInfo};
@@ -18,6 +19,7 @@ use crate::settings::Settings;
 /// Runs `dbimage publish`.
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    host_tools::require(&[Group::Publish], &[])?;
     let info = read_manifest(&args.image)?;
     let name = match args.name {
         Some(n) => n,

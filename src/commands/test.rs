@@ -1,5 +1,6 @@
 //! `dbimage test`: boot an image and wait until its database answers.
 
+use crate::host_tools::{self, Group};
 use std::time::Duration;
 
 use crate::boot::{self, BootError, BootOptions};
@@ -13,6 +14,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         return Err(UsageError(format!("image {} not found", args.image.display())).into());
     }
     let ds = manifest::read_beside(&args.image).map_err(|e| UsageError(e.to_string()))?.datastore;
+    let boot = if ds.arch == crate::arch::Arch::Ppc64le { Group::BootPpc64le } else { Group::Boot };
+    host_tools::require(&[Group::Boot, boot], &ds.test.probe.iter().take(1).map(String::as_str).collect::<Vec<_>>())?;
     let opts = BootOptions {
         timeout: Duration::from_secs(args.timeout),
         memory_mib: args.memory,

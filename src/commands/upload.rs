@@ -6,6 +6,7 @@
 //! over FUSE), its root filesystem found by content and loop-mounted,
 //! patched, released, checked, and only then renamed into place.
 
+use crate::host_tools::{self, Group};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ struct Request {
 /// Runs `dbimage upload`.
 pub fn run(args: UploadArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    host_tools::require(&[Group::Image], &[])?;
     let req = plan(&args, &settings)?;
     let patches = patch_copy(&req, &settings)?;
     println!("{}", req.dest.display());
