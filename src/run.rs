@@ -54,6 +54,14 @@ pub enum RunError {
         /// The redacted command line.
         cmd: String,
     },
+    /// The program ran longer than its [`Limits::wall`] and was killed.
+    #[error("`{cmd}` took longer than {} s and was stopped", after.as_secs())]
+    TimedOut {
+        /// The redacted command line.
+        cmd: String,
+        /// The wall-clock bound it exceeded.
+        after: Duration,
+    },
     /// Output was not UTF-8 or could not be read.
     #[error("reading output of `{cmd}`: {source}")]
     Io {
@@ -122,6 +130,18 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// Bounds for a program that reads untrusted input (a crafted image can
+/// make qemu-img allocate or loop without end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Address space, in bytes (`RLIMIT_AS`).
+    pub memory: u64,
+    /// Processor time (`RLIMIT_CPU`).
+    pub cpu: Duration,
+    /// Wall-clock time, after which its process group is killed.
+    pub wall: Duration,
+}
+
 /// A command to run, built fluently.
 #[derive(Debug, Clone)]
 pub struct Cmd {
@@ -130,6 +150,7 @@ pub struct Cmd {
     env: Vec<(OsString, OsString)>,
     env_clear: bool,
     stdin_null: bool,
+    limits: Option<Limits>,
 }
 
 impl Cmd {
@@ -141,7 +162,14 @@ impl Cmd {
             env: Vec::new(),
             env_clear: false,
             stdin_null: true,
+            limits: None,
         }
+    }
+
+    /// Bounds the program's memory, processor and wall-clock time.
+    pub fn limits(mut self, limits: Limits) -> Cmd {
+        self.limits = Some(limits);
+        self
     }
 
     /// Appends one argument.
@@ -210,6 +238,21 @@ impl Cmd {
         // Own process group: we decide when the child stops, and can stop
         // everything it started with one killpg.
         c.process_group(0);
+        let limits = self.limits;
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (prctl, setrlimit) run; nothing allocates.
+        unsafe {
+            c.pre_exec(move || {
+                // Dies with dbimage, even on SIGKILL: no orphaned apt or qemu-img.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                if let Some(l) = limits {
+                    use nix::sys::resource::{Resource, setrlimit};
+                    setrlimit(Resource::RLIMIT_AS, l.memory, l.memory)?;
+                    setrlimit(Resource::RLIMIT_CPU, l.cpu.as_secs(), l.cpu.as_secs())?;
+                }
+                Ok(())
+            });
+        }
         c
     }
 
@@ -252,7 +295,8 @@ impl Cmd {
             None => None,
         };
 
-        let status = wait_cancellable(&mut child);
+        let wall = self.limits.map(|l| l.wall);
+        let status = wait_cancellable(&mut child, wall);
         if let Some(h) = err_thread {
             let _ = h.join();
         }
@@ -268,8 +312,9 @@ impl Cmd {
             None => {}
         }
         let status = match status {
-            Some(s) => s,
-            None => return Err(RunError::Interrupted { cmd: shown }),
+            Ended::Exited(s) => s,
+            Ended::Stopped => return Err(RunError::Interrupted { cmd: shown }),
+            Ended::TimedOut(after) => return Err(RunError::TimedOut { cmd: shown, after }),
         };
         if status.success() {
             Ok(captured)
@@ -306,18 +351,34 @@ fn stream_lines<R: Read + Send + 'static>(
     })
 }
 
+/// How a child ended.
+enum Ended {
+    Exited(ExitStatus),
+    /// Cancelled (or it could not be waited for).
+    Stopped,
+    TimedOut(Duration),
+}
+
 /// Waits for the child; on cancellation stops its process group (TERM, then
-/// KILL after a grace period) and returns `None`.
-fn wait_cancellable(child: &mut Child) -> Option<ExitStatus> {
+/// KILL after a grace period); past `wall` kills it at once.
+fn wait_cancellable(child: &mut Child, wall: Option<Duration>) -> Ended {
     let pgid = Pid::from_raw(child.id() as i32);
+    let started = Instant::now();
     let mut term_sent: Option<Instant> = None;
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                return if term_sent.is_some() { None } else { Some(status) };
+                return if term_sent.is_some() { Ended::Stopped } else { Ended::Exited(status) };
             }
             Ok(None) => {}
-            Err(_) => return None,
+            Err(_) => return Ended::Stopped,
+        }
+        if let Some(wall) = wall
+            && started.elapsed() > wall
+        {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = child.wait();
+            return Ended::TimedOut(wall);
         }
         if cancelled() {
             match term_sent {
@@ -354,6 +415,19 @@ mod tests {
     fn output_captures_stdout() {
         let out = Cmd::new("sh").args(["-c", "echo hi; echo noise >&2"]).output().unwrap();
         assert_eq!(out, "hi\n");
+    }
+
+    #[test]
+    fn limits_bound_time_and_memory() {
+        let limits = Limits { memory: 256 << 20, cpu: Duration::from_secs(10), wall: Duration::from_secs(1) };
+        let err = Cmd::new("sleep").arg("30").limits(limits).run().unwrap_err();
+        assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
+        assert!(err.to_string().contains("took longer than 1 s"), "{err}");
+        // 512 MiB cannot be allocated under a 256 MiB address space.
+        let big = Limits { wall: Duration::from_secs(30), ..limits };
+        let err = Cmd::new("python3").args(["-c", "b = bytearray(512 << 20)"]).limits(big).run().unwrap_err();
+        assert!(err.to_string().contains("MemoryError"), "{err}");
+        assert_eq!(Cmd::new("true").limits(big).output().unwrap(), "");
     }
 
     #[test]

@@ -135,7 +135,8 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         }
         phases.run_all(&TREE_PHASES_AFTER_DB, &tree)?;
         if let Some(conf) = &plan.guest_agent_conf {
-            tracing::info!("    {}", patch::write_guest_agent(&tree, conf)?);
+            let root = crate::image::root::ImageRoot::open(&tree)?;
+            tracing::info!("    {}", patch::write_guest_agent(&root, conf)?);
         }
         let agent_packages =
             plan.guest_agent.as_ref().map(|_| guest_agent::installed_packages(&tree, &env)).transpose()?;

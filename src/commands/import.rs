@@ -67,14 +67,8 @@ fn plan(args: &ImportArgs, settings: &Settings) -> anyhow::Result<Request> {
         }
     };
     let input = args.file.clone();
+    // Refuses an image that refers to other files (backing, data file, extents).
     let id = image::identify(&input)?;
-    if let Some(b) = &id.backing_file {
-        return Err(UsageError(format!(
-            "{}: has a backing file ({b}); flatten it with `qemu-img convert` first",
-            input.display()
-        ))
-        .into());
-    }
     if let Some((d, v)) = &datastore {
         publish::check_target(settings, None, d, v)?;
     }

@@ -118,6 +118,7 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         )
         // A bad image (not an image, truncated, no Linux root) is the user's to fix.
         || err.downcast_ref::<crate::image::ImageError>().is_some_and(|e| e.is_bad_input())
+        || err.downcast_ref::<crate::image::patch::PatchError>().is_some_and(|e| e.is_bad_input())
         || err
             .downcast_ref::<crate::catalog::flavors::FlavorError>()
             .is_some_and(|e| e.is_usage())

@@ -244,13 +244,6 @@ fn spec(
         ))
         .into());
     }
-    if let Some(b) = &id.backing_file {
-        return Err(UsageError(format!(
-            "{}: has a backing file ({b}); Glance refuses such images, so flatten it with `qemu-img convert` first",
-            image.display()
-        ))
-        .into());
-    }
     let sha256 = match info.and_then(|i| i.sha256.clone()) {
         Some(s) => s,
         None => manifest::sha256_file(image)?,

@@ -6,6 +6,7 @@
 //! over FUSE), its root filesystem found by content and loop-mounted,
 //! patched, released, checked, and only then renamed into place.
 
+use crate::image::root::ImageRoot;
 use crate::host_tools::{self, Group};
 use std::collections::BTreeMap;
 use std::fs;
@@ -161,14 +162,17 @@ fn patch_copy(req: &Request, settings: &Settings) -> anyhow::Result<Vec<String>>
     tracing::info!("root filesystem: partition {} ({fstype}) of {}", root_part.number, req.input.display());
 
     let mut done = Vec::new();
+    // Every path in the image is resolved by descriptor below its root.
+    let tree = ImageRoot::open(&root)?;
     if let Some(conf) = &req.guest_agent {
-        done.push(patch::write_guest_agent(&root, conf)?);
+        done.push(patch::write_guest_agent(&tree, conf)?);
     }
-    done.extend(patch::reset_identity(&root)?);
+    done.extend(patch::reset_identity(&tree)?);
     if let Some(key) = &req.key {
-        let user = req.user.clone().unwrap_or_else(|| patch::default_user(&root));
-        done.push(patch::authorize_key(&root, &user, key)?);
+        let user = req.user.clone().unwrap_or_else(|| patch::default_user(&tree));
+        done.push(patch::authorize_key(&tree, &user, key)?);
     }
+    drop(tree);
     check_cancelled()?;
     if let Some(script) = &req.script {
         done.push(run_script(&mut td, &root, script)?);
@@ -215,11 +219,11 @@ fn run_script(td: &mut Teardown, root: &Path, script: &str) -> anyhow::Result<St
     Ok(format!("ran in the image: {script} (exit 0)"))
 }
 
-/// The image's architecture, from its shell binary (a real file in
-/// Debian, so no symlink can lead outside the image).
+/// The image's architecture, from its shell binary (a regular file in
+/// Debian; read by descriptor, so no symlink can lead outside the image).
 fn image_arch(root: &Path) -> Option<Arch> {
-    let head = fs::read(root.join("usr/bin/dash")).ok()?;
-    inspect::elf_arch(&head[..head.len().min(64)])?.parse().ok()
+    let dash = ImageRoot::open(root).ok()?.read("usr/bin/dash", 64 << 20).ok()??;
+    inspect::elf_arch(&dash[..dash.len().min(64)])?.parse().ok()
 }
 
 /// The input's manifest (or a minimal one) with the patches recorded and

@@ -33,6 +33,9 @@ pub enum ExportError {
     },
 }
 
+/// Formats whose images can name a backing file.
+const BACKED_FORMATS: [&str; 3] = ["qcow2", "vmdk", "qed"];
+
 /// How an export may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -55,16 +58,21 @@ pub fn export_raw(td: &mut Teardown, image: &Path, format: &str, raw: &Path, acc
     let pidfile = raw.with_extension("pid");
     // Blockdev options are comma-separated: a comma in a path is doubled.
     let esc = |p: &Path| p.display().to_string().replace(',', ",,");
-    let (read_only, writable) = match access {
-        Access::ReadWrite => ("off", "on"),
-        Access::ReadOnly => ("on", "off"),
-    };
+    let read_only = access == Access::ReadOnly;
+    let writable = if read_only { "off" } else { "on" };
+    let file = serde_json::json!({"driver": "file", "node-name": "file", "filename": image, "read-only": read_only});
+    let mut disk = serde_json::json!({"driver": format, "node-name": "disk", "file": "file", "read-only": read_only});
+    // Never a backing file, whatever the image's header says (JSON is the
+    // only syntax that can say null).
+    if BACKED_FORMATS.contains(&format) {
+        disk["backing"] = serde_json::Value::Null;
+    }
     // --daemonize returns once the export is mounted, so no polling.
     Cmd::new("qemu-storage-daemon")
         .arg("--blockdev")
-        .arg(format!("driver=file,node-name=file,filename={},read-only={read_only}", esc(image)))
+        .arg(file.to_string())
         .arg("--blockdev")
-        .arg(format!("driver={format},node-name=disk,file=file,read-only={read_only}"))
+        .arg(disk.to_string())
         .arg("--export")
         .arg(format!("type=fuse,id=raw,node-name=disk,mountpoint={},writable={writable}", esc(raw)))
         .arg("--pidfile")

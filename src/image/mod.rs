@@ -10,6 +10,7 @@ pub mod fsck;
 pub mod inspect;
 pub mod partitions;
 pub mod patch;
+pub mod root;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -17,10 +18,24 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use crate::run::{Cmd, RunError};
+use crate::run::{Cmd, Limits, RunError};
 
 /// The first four bytes of every QCOW2 file.
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// The first line of a VMDK descriptor file, which names other files.
+const VMDK_DESCRIPTOR: &[u8] = b"# Disk DescriptorFile";
+
+/// The formats accepted from others: single-file formats qemu reads.
+pub const ACCEPTED_FORMATS: [&str; 6] = ["raw", "qcow2", "vmdk", "vpc", "vhdx", "vdi"];
+
+/// Bounds for qemu-img reading a foreign image's metadata (what OpenStack's
+/// services give `qemu-img info` on untrusted images).
+const METADATA_LIMITS: Limits = Limits {
+    memory: 1 << 30,
+    cpu: std::time::Duration::from_secs(30),
+    wall: std::time::Duration::from_secs(120),
+};
 
 /// Errors reading an image.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +73,23 @@ pub enum ImageError {
         format: String,
         /// qemu-img's complaint.
         why: String,
+    },
+    /// The image refers to other files (a backing file, an external data
+    /// file, extents), which could be the host's own.
+    #[error("{}: {why}; only self-contained images are accepted (flatten it with `qemu-img convert -O qcow2` on a trusted machine)", path.display())]
+    NotSelfContained {
+        /// The image path as given.
+        path: PathBuf,
+        /// What it refers to.
+        why: String,
+    },
+    /// qemu-img reads it, but as a format not on the accepted list.
+    #[error("{}: {format} images are not accepted; use one of {}", path.display(), ACCEPTED_FORMATS.join(", "))]
+    FormatRefused {
+        /// The image path as given.
+        path: PathBuf,
+        /// qemu-img's name for its format.
+        format: String,
     },
     /// There are partitions, but none holds a readable Linux root.
     #[error("{}: no Linux root filesystem found (partitions seen: {seen})", path.display())]
@@ -102,6 +134,8 @@ impl ImageError {
                 | ImageError::NotADiskImage { .. }
                 | ImageError::Truncated { .. }
                 | ImageError::Corrupt { .. }
+                | ImageError::NotSelfContained { .. }
+                | ImageError::FormatRefused { .. }
                 | ImageError::NoLinuxRoot { .. }
                 | ImageError::FilesystemErrors { .. }
         )
@@ -129,12 +163,15 @@ pub struct Identity {
     pub format: String,
     /// The disk size the guest sees, in bytes.
     pub virtual_size: u64,
-    /// The backing file, when the image is an overlay.
-    pub backing_file: Option<String>,
 }
 
 /// Identifies `image` with qemu-img; a QCOW2 is also checked for
 /// truncation and corruption. Reads only, never modifies the file.
+///
+/// The image must be self-contained: the header is read before qemu-img
+/// opens the file, so a reference to a host file (backing file, external
+/// data file, VMDK extent) is refused before anything opens it, and what
+/// qemu-img reports is checked again.
 pub fn identify(image: &Path) -> Result<Identity, ImageError> {
     let meta = match std::fs::metadata(image) {
         Ok(m) => m,
@@ -160,13 +197,21 @@ pub fn identify(image: &Path) -> Result<Identity, ImageError> {
     if meta.len() == 0 {
         return Err(not_image("the file is empty"));
     }
-    let starts_like_qcow2 = has_qcow2_magic(image)?;
+    let head = read_head(image)?;
+    let starts_like_qcow2 = head.starts_with(QCOW2_MAGIC);
+    if let Some(why) = header_reference(&head) {
+        return Err(ImageError::NotSelfContained { path: image.to_path_buf(), why });
+    }
+    // An absolute path: qemu reads a name like `json:{…}` or `nbd:…` as
+    // options or a protocol, not as a file.
+    let absolute = std::path::absolute(image).map_err(|source| ImageError::Io { path: image.to_path_buf(), source })?;
 
     // -U: an image that a running QEMU (`dbimage test`) holds open is
     // still safe to read, and without it qemu-img refuses the lock.
     let info = Cmd::new("qemu-img")
         .args(["info", "-U", "--output=json"])
-        .arg(image)
+        .arg(&absolute)
+        .limits(METADATA_LIMITS)
         .output()
         .map_err(|e| match e {
             RunError::Failed { ref tail, .. } => {
@@ -180,10 +225,74 @@ pub fn identify(image: &Path) -> Result<Identity, ImageError> {
             other => ImageError::Run(other),
         })?;
     let identity = parse_info(&info).ok_or_else(|| not_image("qemu-img info gave no format and size"))?;
+    if !ACCEPTED_FORMATS.contains(&identity.format.as_str()) {
+        return Err(ImageError::FormatRefused { path: image.to_path_buf(), format: identity.format });
+    }
+    if let Some(why) = info_reference(&info, &absolute) {
+        return Err(ImageError::NotSelfContained { path: image.to_path_buf(), why });
+    }
     if identity.format == "qcow2" {
-        check_qcow2(image)?;
+        check_qcow2(image, &absolute)?;
     }
     Ok(identity)
+}
+
+/// The first sector of `image` (less for a shorter file).
+fn read_head(image: &Path) -> Result<Vec<u8>, ImageError> {
+    let io = |source| ImageError::Io { path: image.to_path_buf(), source };
+    let mut head = Vec::with_capacity(512);
+    File::open(image).map_err(io)?.take(512).read_to_end(&mut head).map_err(io)?;
+    Ok(head)
+}
+
+/// What a QCOW2 header or a VMDK descriptor refers to outside the file.
+fn header_reference(head: &[u8]) -> Option<String> {
+    let be64 = |at: usize| head.get(at..at + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+    if head.starts_with(QCOW2_MAGIC) {
+        if be64(8).is_some_and(|off| off != 0) {
+            return Some("its qcow2 header names a backing file".into());
+        }
+        // Version 3 headers: incompatible feature bit 2 is an external data file.
+        let version = head.get(4..8).map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default()));
+        if version.is_some_and(|v| v >= 3) && be64(72).is_some_and(|f| f & 0x4 != 0) {
+            return Some("its qcow2 header names an external data file".into());
+        }
+    }
+    if head.starts_with(VMDK_DESCRIPTOR) {
+        return Some("it is a VMDK descriptor, whose extents are other files".into());
+    }
+    None
+}
+
+/// What `qemu-img info` says the image needs besides its own file: a
+/// backing file, a data file, an extent or a child node that is not
+/// `image` itself.
+fn info_reference(json: &str, image: &Path) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let own = image.to_string_lossy();
+    if let Some(b) = v.get("backing-filename") {
+        return Some(format!("it names a backing file ({b})"));
+    }
+    let data = v.pointer("/format-specific/data");
+    if let Some(f) = data.and_then(|d| d.get("data-file")) {
+        return Some(format!("it names an external data file ({f})"));
+    }
+    let extents = data.and_then(|d| d.get("extents")).and_then(|e| e.as_array());
+    for name in extents.into_iter().flatten().filter_map(|e| e.get("filename")?.as_str()) {
+        if name != own {
+            return Some(format!("it has an extent in another file ({name})"));
+        }
+    }
+    // QEMU 8 and later list the nodes below the format's.
+    let children = v.get("children").and_then(|c| c.as_array());
+    for child in children.into_iter().flatten() {
+        let name = child.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+        let file = child.pointer("/info/filename").and_then(|f| f.as_str()).unwrap_or("?");
+        if name != "file" || file != own {
+            return Some(format!("it has a {name} node on another file ({file})"));
+        }
+    }
+    None
 }
 
 impl RawImage {
@@ -211,9 +320,10 @@ impl RawImage {
         let raw = scratch.path().join("disk.raw");
         // -f: the format is known now; letting qemu-img probe again could
         // read the file differently from what `info` reported.
+        let absolute = std::path::absolute(image).map_err(|source| ImageError::Io { path: image.to_path_buf(), source })?;
         Cmd::new("qemu-img")
             .args(["convert", "-U", "-f", &format, "-O", "raw"])
-            .arg(image)
+            .arg(absolute)
             .arg(&raw)
             .run()
             .map_err(|e| match e {
@@ -238,39 +348,23 @@ impl RawImage {
     }
 }
 
-fn has_qcow2_magic(image: &Path) -> Result<bool, ImageError> {
-    let mut head = [0u8; 4];
-    let mut f = File::open(image).map_err(|source| ImageError::Io {
-        path: image.to_path_buf(),
-        source,
-    })?;
-    match f.read_exact(&mut head) {
-        Ok(()) => Ok(&head == QCOW2_MAGIC),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(source) => Err(ImageError::Io {
-            path: image.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// Reads format, virtual size and backing file from `qemu-img info --output=json`.
+/// Reads format and virtual size from `qemu-img info --output=json`.
 fn parse_info(json: &str) -> Option<Identity> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     Some(Identity {
         format: v.get("format")?.as_str()?.to_string(),
         virtual_size: v.get("virtual-size")?.as_u64()?,
-        backing_file: v.get("backing-filename").and_then(|b| b.as_str()).map(str::to_string),
     })
 }
 
 /// `qemu-img convert` of a truncated QCOW2 succeeds and silently reads
 /// zeros past the end of the file, so truncation has to be caught by
 /// `qemu-img check` before converting.
-fn check_qcow2(image: &Path) -> Result<(), ImageError> {
+fn check_qcow2(image: &Path, absolute: &Path) -> Result<(), ImageError> {
     match Cmd::new("qemu-img")
         .args(["check", "-U", "-f", "qcow2", "--output=json"])
-        .arg(image)
+        .arg(absolute)
+        .limits(METADATA_LIMITS)
         .output()
     {
         Ok(_) => Ok(()),
@@ -323,11 +417,36 @@ mod tests {
     fn reads_format_and_size_from_qemu_img_info() {
         let json = r#"{"virtual-size": 67108864, "filename": "d.qcow2", "format": "qcow2"}"#;
         let id = parse_info(json).unwrap();
-        assert_eq!((id.format.as_str(), id.virtual_size, id.backing_file), ("qcow2", 67108864, None));
-        let json = r#"{"virtual-size": 1, "format": "qcow2", "backing-filename": "base.img"}"#;
-        assert_eq!(parse_info(json).unwrap().backing_file.as_deref(), Some("base.img"));
+        assert_eq!((id.format.as_str(), id.virtual_size), ("qcow2", 67108864));
         assert_eq!(parse_info("{}"), None);
         assert_eq!(parse_info("not json"), None);
+    }
+
+    #[test]
+    fn references_to_other_files_are_found_in_headers_and_info() {
+        let mut qcow2 = QCOW2_MAGIC.to_vec();
+        qcow2.extend_from_slice(&3u32.to_be_bytes());
+        qcow2.resize(104, 0);
+        assert_eq!(header_reference(&qcow2), None);
+        let mut backing = qcow2.clone();
+        backing[15] = 0x70;
+        assert!(header_reference(&backing).unwrap().contains("backing file"));
+        let mut data_file = qcow2.clone();
+        data_file[79] = 0x4;
+        assert!(header_reference(&data_file).unwrap().contains("external data file"));
+        assert!(header_reference(b"# Disk DescriptorFile\nversion=1\n").unwrap().contains("VMDK descriptor"));
+        assert_eq!(header_reference(b"\0\0"), None);
+
+        let own = Path::new("/x/a.vmdk");
+        let info = |data: &str| format!(r#"{{"format": "vmdk", "virtual-size": 1, "format-specific": {{"data": {data}}}}}"#);
+        assert_eq!(info_reference(&info(r#"{"extents": [{"filename": "/x/a.vmdk"}]}"#), own), None);
+        let two = info(r#"{"extents": [{"filename": "/x/a.vmdk"}, {"filename": "/dev/sda"}]}"#);
+        assert!(info_reference(&two, own).unwrap().contains("/dev/sda"));
+        assert!(info_reference(&info(r#"{"data-file": "/etc/shadow"}"#), own).unwrap().contains("/etc/shadow"));
+        let children = r#"{"format": "qcow2", "children": [{"name": "file", "info": {"filename": "/x/a.vmdk"}},
+            {"name": "data-file", "info": {"filename": "/root/k"}}]}"#;
+        assert!(info_reference(children, own).unwrap().contains("data-file node on another file (/root/k)"));
+        assert!(info_reference(r#"{"backing-filename": "b.img"}"#, own).unwrap().contains("b.img"));
     }
 
     #[test]
