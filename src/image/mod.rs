@@ -258,7 +258,8 @@ fn header_reference(head: &[u8]) -> Option<String> {
             return Some("its qcow2 header names an external data file".into());
         }
     }
-    if head.starts_with(VMDK_DESCRIPTOR) {
+    // qemu reads a descriptor without its usual first line too.
+    if head.starts_with(VMDK_DESCRIPTOR) || head.windows(b"createType".len()).any(|w| w == b"createType") {
         return Some("it is a VMDK descriptor, whose extents are other files".into());
     }
     None
@@ -435,6 +436,7 @@ mod tests {
         data_file[79] = 0x4;
         assert!(header_reference(&data_file).unwrap().contains("external data file"));
         assert!(header_reference(b"# Disk DescriptorFile\nversion=1\n").unwrap().contains("VMDK descriptor"));
+        assert!(header_reference(b"version=1\ncreateType=\"monolithicFlat\"\n").unwrap().contains("VMDK descriptor"));
         assert_eq!(header_reference(b"\0\0"), None);
 
         let own = Path::new("/x/a.vmdk");
