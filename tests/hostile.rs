@@ -323,3 +323,30 @@ fn special_files_where_dbimage_writes_are_replaced_not_opened() {
     scratch.assert_clean();
     assert!(no_daemon_of(scratch.dir.path()));
 }
+
+/// A root filesystem with errors, whose superblock also asks the kernel to
+/// panic on an error: `upload` checks it with `e2fsck -n` and never mounts it.
+#[test]
+fn a_damaged_root_that_asks_for_a_panic_is_not_mounted() {
+    require_root();
+    let scratch = Scratch::new();
+    let inputs = scratch.dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let t = tree(&inputs, "/home/dba");
+    let raw = ext4_disk(&inputs, "panic", Some("label: dos\nstart=2048, type=83\n"), 2048, &t);
+    std::fs::remove_dir_all(&t).unwrap();
+    let fs = inputs.join("fs.ext4");
+    sh(&format!("dd if={} of={} bs=1M skip=1 status=none", raw.display(), fs.display()));
+    sh(&format!("tune2fs -e panic {} >/dev/null", fs.display()));
+    sh(&format!("debugfs -w -R 'set_inode_field /etc/passwd links_count 7' {} 2>/dev/null", fs.display()));
+    sh(&format!("dd if={} of={} bs=1M seek=1 conv=notrunc status=none", fs.display(), raw.display()));
+    std::fs::remove_file(&fs).unwrap();
+    let image = inputs.join("panic.qcow2");
+    qemu_img(&format!("convert -O qcow2 {} {}", raw.display(), image.display()));
+    let before = sha256(&image);
+    let out = upload_key(&scratch, &image);
+    assert_refused("errors=panic with a damaged root", &out, "has errors");
+    assert!(stderr(&out).contains("ref count is 7, should be 1"), "{}", stderr(&out));
+    assert_eq!(sha256(&image), before, "the input changed");
+    assert_nothing_left("errors=panic with a damaged root", &scratch);
+}

@@ -6,6 +6,7 @@
 //! over FUSE), its root filesystem found by content and loop-mounted,
 //! patched, released, checked, and only then renamed into place.
 
+use crate::image::fsck;
 use crate::image::root::ImageRoot;
 use crate::host_tools::{self, Group};
 use std::collections::BTreeMap;
@@ -158,7 +159,10 @@ fn patch_copy(req: &Request, settings: &Settings) -> anyhow::Result<Vec<String>>
     let root = work.join("root");
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let fstype = root_part.filesystem.map(|f| f.name()).unwrap_or("ext4");
-    mount::filesystem(&mut td, &device, &root, fstype)?;
+    // A filesystem with errors is not mounted: the kernel's ext4 is not
+    // hardened against crafted metadata.
+    fsck::check_root(&device, &root_part, &req.input)?;
+    mount::foreign(&mut td, &device, &root, fstype, req.script.is_some())?;
     tracing::info!("root filesystem: partition {} ({fstype}) of {}", root_part.number, req.input.display());
 
     let mut done = Vec::new();

@@ -45,6 +45,23 @@ pub fn filesystem(
     register(td, device.display().to_string(), target, r)
 }
 
+/// Mounts a foreign image's ext filesystem: `nodev,nosuid` (and `noexec`
+/// unless the image's own programs must run), and `errors=remount-ro`
+/// whatever its superblock asks (`errors=panic` would let a crafted image
+/// stop the host).
+pub fn foreign(td: &mut Teardown, device: &Path, target: &Path, fstype: &str, exec: bool) -> Result<(), MountError> {
+    let mut flags = MountFlags::NODEV | MountFlags::NOSUID;
+    if !exec {
+        flags |= MountFlags::NOEXEC;
+    }
+    let r = Mount::builder()
+        .fstype(FilesystemType::Manual(fstype))
+        .flags(flags)
+        .data("errors=remount-ro")
+        .mount(device, target);
+    register(td, device.display().to_string(), target, r)
+}
+
 /// Mounts a kernel filesystem (`proc`, `sysfs`, `devpts`) on `target`.
 pub fn special(
     td: &mut Teardown,
