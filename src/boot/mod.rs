@@ -45,6 +45,16 @@ const TICK: Duration = Duration::from_millis(200);
 /// How many console lines an error shows.
 const CONSOLE_TAIL: usize = 20;
 
+/// How many host ports are tried when QEMU finds each taken.
+pub const PORT_TRIES: u32 = 5;
+
+/// How long QEMU may take to listen on the forwarded port: it sets up the
+/// forward before the guest runs, so this is QEMU's start-up alone.
+const LISTEN_LIMIT: Duration = Duration::from_secs(60);
+
+/// What QEMU says when the forwarded port cannot be bound.
+const HOSTFWD_FAILED: &str = "Could not set up host forwarding rule";
+
 /// How to boot.
 #[derive(Debug, Clone)]
 pub struct BootOptions {
@@ -146,6 +156,27 @@ pub enum BootError {
         /// The end of the serial console, redacted.
         console: Vec<String>,
     },
+    /// Every host port tried was taken before QEMU could bind it.
+    #[error(
+        "QEMU could not bind a host port on {HOST} in {tries} tries (each was taken between finding it free and QEMU binding it){}",
+        fmt_lines("QEMU said", qemu_output)
+    )]
+    NoPort {
+        /// How many ports were tried.
+        tries: u32,
+        /// The end of QEMU's output on the last try, redacted.
+        qemu_output: Vec<String>,
+    },
+    /// QEMU runs but never listened on the forwarded port.
+    #[error("QEMU did not listen on {HOST}:{port} within {secs} s{}", fmt_lines("QEMU said", qemu_output))]
+    NotListening {
+        /// The host port.
+        port: u16,
+        /// How long it was given.
+        secs: u64,
+        /// The end of QEMU's output, redacted.
+        qemu_output: Vec<String>,
+    },
     /// The guest reported that the setup script failed.
     #[error("the guest setup for {db} failed ({detail}){}", fmt_console(console))]
     SetupFailed {
@@ -233,11 +264,46 @@ pub fn substitute(template: &str, vars: &[(&str, &str)]) -> String {
 
 /// A free TCP port on [`HOST`], found by letting the kernel pick one.
 ///
-/// The port is released before QEMU binds it; if something else grabs it
-/// in between, QEMU exits with a clear message and the test fails.
+/// The port is released before QEMU binds it, so something else may grab
+/// it in between; [`start_qemu`] then tries another.
 pub fn pick_host_port() -> io::Result<u16> {
     let listener = TcpListener::bind((HOST, 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Starts QEMU with a host port from `pick`, and another one when QEMU
+/// could not bind it (taken since it was found free), at most
+/// [`PORT_TRIES`] times. Returns once QEMU itself listens on the port
+/// (`config.host_port`).
+pub fn start_qemu(
+    program: &str,
+    config: &mut QemuConfig,
+    mut pick: impl FnMut() -> io::Result<u16>,
+) -> Result<Qemu, BootError> {
+    let mut said = Vec::new();
+    for _ in 0..PORT_TRIES {
+        config.host_port = pick().map_err(io_err("finding a free port on 127.0.0.1"))?;
+        let mut qemu = Qemu::spawn(program, config).map_err(|source| BootError::QemuSpawn { source })?;
+        match qemu.wait_listening(config.host_port, LISTEN_LIMIT) {
+            Ok(()) => return Ok(qemu),
+            Err(status) => {
+                said = tail_lines(&config.qemu_log, CONSOLE_TAIL);
+                if !said.iter().any(|l| l.contains(HOSTFWD_FAILED)) {
+                    return Err(early_exit(status, config, said));
+                }
+                tracing::warn!("QEMU could not bind {HOST}:{} (taken meanwhile); trying another port", config.host_port);
+            }
+        }
+    }
+    Err(BootError::NoPort { tries: PORT_TRIES, qemu_output: said })
+}
+
+/// [`BootError::QemuExited`], or a timeout when QEMU still runs.
+fn early_exit(status: Option<std::process::ExitStatus>, config: &QemuConfig, said: Vec<String>) -> BootError {
+    match status {
+        Some(status) => BootError::QemuExited { status, qemu_output: said, console: tail_lines(&config.console_log, CONSOLE_TAIL) },
+        None => BootError::NotListening { port: config.host_port, secs: LISTEN_LIMIT.as_secs(), qemu_output: said },
+    }
 }
 
 /// A fresh random password, registered for redaction before it is returned.
@@ -321,19 +387,18 @@ pub fn boot_and_probe(
         &seed::meta_data(&format!("dbimage-test-{}", &instance[..12])),
     )?;
 
-    let host_port = pick_host_port().map_err(io_err("finding a free port on 127.0.0.1"))?;
-    let config = QemuConfig {
+    let mut config = QemuConfig {
         image: image.clone(),
         seed,
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
-        host_port,
+        host_port: 0,
         guest_port: ds.port,
         console_log: dir.path().join("console.log"),
         qemu_log: dir.path().join("qemu.log"),
     };
     tracing::info!(
-        "booting {} under QEMU (software emulation, usually a few minutes); {} port {} → {HOST}:{host_port}",
+        "booting {} under QEMU (software emulation, usually a few minutes); {} port {}",
         image.display(),
         ds.db,
         ds.port
@@ -341,8 +406,8 @@ pub fn boot_and_probe(
     if crate::run::cancelled() {
         return Err(BootError::Interrupted);
     }
-    let mut qemu =
-        Qemu::spawn(QEMU_X86_64, &config).map_err(|source| BootError::QemuSpawn { source })?;
+    let mut qemu = start_qemu(QEMU_X86_64, &mut config, pick_host_port)?;
+    tracing::info!("{} port {} → {HOST}:{}", ds.db, ds.port, config.host_port);
     let result = wait_for_answer(&mut qemu, &config, ds, &password, opts.timeout);
     qemu.stop();
     drop(dir);
@@ -649,6 +714,43 @@ mod tests {
         assert_ne!(port, 0);
         // Released: QEMU must be able to bind it.
         TcpListener::bind((HOST, port)).unwrap();
+    }
+
+    /// A real QEMU (a blank disk: it boots nothing) and a port this test
+    /// holds: QEMU cannot bind it and another one is tried.
+    #[test]
+    fn boot_tries_another_port_when_qemu_cannot_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("blank.qcow2");
+        Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("16M").output().unwrap();
+        let seed = dir.path().join("seed.img");
+        std::fs::write(&seed, vec![0u8; 1 << 20]).unwrap();
+        let held = TcpListener::bind((HOST, 0)).unwrap();
+        let taken = held.local_addr().unwrap().port();
+        let mut config = QemuConfig {
+            image,
+            seed,
+            memory_mib: 64,
+            cpus: 1,
+            host_port: 0,
+            guest_port: 22,
+            console_log: dir.path().join("console.log"),
+            qemu_log: dir.path().join("qemu.log"),
+        };
+        let mut picks = 0;
+        let qemu = start_qemu(QEMU_X86_64, &mut config, || {
+            picks += 1;
+            if picks <= 2 { Ok(taken) } else { pick_host_port() }
+        })
+        .unwrap();
+        assert_eq!(picks, 3);
+        assert_ne!(config.host_port, taken);
+        drop(qemu);
+
+        let err = start_qemu(QEMU_X86_64, &mut config, || Ok(taken)).unwrap_err();
+        assert!(matches!(err, BootError::NoPort { tries: PORT_TRIES, .. }), "{err}");
+        assert!(err.to_string().contains(&format!("in {PORT_TRIES} tries")), "{err}");
+        assert!(err.to_string().contains(HOSTFWD_FAILED), "{err}");
     }
 
     #[test]

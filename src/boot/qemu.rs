@@ -132,6 +132,25 @@ impl Qemu {
         Ok(self.exited)
     }
 
+    /// Waits until QEMU itself listens on `port` of 127.0.0.1 (its socket,
+    /// not another process's). Err with QEMU's exit status if it exited,
+    /// or with None if it did not listen within `limit`.
+    pub fn wait_listening(&mut self, port: u16, limit: Duration) -> Result<(), Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.try_wait() {
+                return Err(Some(status));
+            }
+            if listens(self.child.id(), port) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(None);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the guest now; the same as dropping it.
     pub fn stop(self) {}
 
@@ -156,6 +175,23 @@ impl Qemu {
             self.exited = Some(status);
         }
     }
+}
+
+/// Whether process `pid` holds a TCP socket listening on 127.0.0.1:`port`.
+pub fn listens(pid: u32, port: u16) -> bool {
+    let wanted = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return false };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1] == wanted && f[3] == "0A")
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
 }
 
 impl Drop for Qemu {
