@@ -244,7 +244,7 @@ fn a_connection_dropped_mid_build_is_reported_and_leaves_nothing() {
     let mut c = scratch.cmd();
     sshd.as_dibvm(&mut c, &sshd.known_hosts);
     c.args(["make", "-d", "redis", "-i", "127.0.0.1", "-I"]).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
+    let mut child = common::spawn(c);
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let reader = {
         let lines = Arc::clone(&lines);
@@ -266,7 +266,7 @@ fn a_connection_dropped_mid_build_is_reported_and_leaves_nothing() {
     }
     std::thread::sleep(Duration::from_secs(3));
     assert!(sshd.drop_connections() > 0, "no connection to drop");
-    let status = child.wait().unwrap();
+    let status = child.wait();
     reader.join().unwrap();
     let err = lines.lock().unwrap().join("\n");
     assert!(!status.success());

@@ -26,6 +26,7 @@ pub struct Cloud {
 
 /// The cloud started by scripts/test; panics with the way to start one.
 pub fn cloud() -> Cloud {
+    super::watchdog::watch();
     let dir = std::env::var("DBIMAGE_TEST_OPENSTACK_DIR").unwrap_or_else(|_| {
         panic!(
             "no test cloud: run the suite with scripts/test, or start one with \

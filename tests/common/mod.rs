@@ -7,6 +7,10 @@
 pub mod cloud;
 pub mod redis;
 pub mod sshd;
+pub mod watchdog;
+
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use watchdog::{Spawned, spawn, waiting_for};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,6 +26,7 @@ pub fn build_lock() -> MutexGuard<'static, ()> {
 
 /// The dbimage binary under test.
 pub fn dbimage() -> Command {
+    watchdog::watch();
     let mut c = Command::new(env!("CARGO_BIN_EXE_dbimage"));
     c.env("DBIMAGE_DATA_DIR", env!("CARGO_MANIFEST_DIR"));
     c
@@ -34,6 +39,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
+        watchdog::watch();
         let base = Path::new("/var/tmp/dbimage-tests");
         std::fs::create_dir_all(base).unwrap();
         Scratch {
@@ -64,8 +70,7 @@ impl Scratch {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&root)).collect();
         assert!(ours.is_empty(), "mounts left behind: {ours:#?}");
-        let loops = Command::new("losetup").arg("-a").output().unwrap();
-        let loops = String::from_utf8_lossy(&loops.stdout).to_string();
+        let loops = losetup_all();
         let ours: Vec<&str> = loops.lines().filter(|l| l.contains(&root)).collect();
         assert!(ours.is_empty(), "loop devices left behind: {ours:#?}");
         assert!(
@@ -74,6 +79,67 @@ impl Scratch {
             list(&self.work())
         );
     }
+}
+
+impl Drop for Scratch {
+    /// A test that failed with a chroot still mounted must not let the
+    /// recursive delete run through a bind-mounted host `/dev` or the
+    /// shared apt cache: unmount what is left first, or keep the directory.
+    fn drop(&mut self) {
+        let root = self.dir.path().to_path_buf();
+        for m in mounts_below(&root) {
+            eprintln!("--- unmounting {} left under the scratch directory", m.display());
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let left = mounts_below(&root);
+        if !left.is_empty() {
+            eprintln!("--- keeping {}: still mounted below it: {left:?}", root.display());
+            self.dir.disable_cleanup(true);
+        }
+    }
+}
+
+/// Mount points at or below `dir`, innermost (and latest) first.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.reverse();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape_mount_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    let mut rest = p;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        match rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok()) {
+            Some(b) => {
+                out.push(b as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `losetup -a`'s list; a failing losetup fails the test instead of
+/// looking like "no loop device".
+pub fn losetup_all() -> String {
+    let out = Command::new("losetup").arg("-a").output().expect("run losetup -a");
+    assert!(out.status.success(), "losetup -a failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Names in a directory (empty if it does not exist).
@@ -88,11 +154,12 @@ pub fn list(dir: &Path) -> Vec<String> {
 }
 
 /// Runs a command, echoing its output into the test log.
-pub fn run(mut c: Command) -> Output {
-    let out = c.output().expect("spawn dbimage");
+pub fn run(c: Command) -> Output {
+    let shown = format!("{c:?}");
+    let out = watchdog::output(c);
     eprintln!(
-        "--- {:?}\n{}{}",
-        c,
+        "--- {}\n{}{}",
+        shown,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -117,7 +184,9 @@ fn nix_is_root() -> bool {
 
 /// Runs a debugfs request against the root filesystem (GPT partition 2) of
 /// a QCOW2 image without mounting: qemu-img to raw, dd the partition out.
-/// Returns debugfs's stdout and stderr.
+/// Returns debugfs's stdout and stderr; panics when debugfs fails,
+/// including when the path the request names is not there (see
+/// [`image_has`] for a file that must be absent).
 pub fn debugfs_in_image(image: &Path, request: &str) -> (String, String) {
     debugfs_in_partition(image, Some(1), request)
 }
@@ -125,18 +194,64 @@ pub fn debugfs_in_image(image: &Path, request: &str) -> (String, String) {
 /// [`debugfs_in_image`] on the partition at `index` of the table (0-based),
 /// or on the whole disk when `None` (a filesystem without a table).
 pub fn debugfs_in_partition(image: &Path, index: Option<usize>, request: &str) -> (String, String) {
+    let (out, err) = debugfs_raw(image, index, request);
+    let complaints = debugfs_complaints(&err);
+    assert!(complaints.is_empty(), "debugfs -R {request:?} on {}: {}", image.display(), complaints.join("; "));
+    (out, err)
+}
+
+/// Whether `path` exists in the image's root filesystem: false only when
+/// debugfs says it is not there, a panic when debugfs could not look.
+pub fn image_has(image: &Path, path: &str) -> bool {
+    partition_has(image, Some(1), path)
+}
+
+/// [`image_has`] on the partition at `index` (or the whole disk).
+pub fn partition_has(image: &Path, index: Option<usize>, path: &str) -> bool {
+    let (_, err) = debugfs_raw(image, index, &format!("stat {path}"));
+    match debugfs_complaints(&err)[..] {
+        [] => true,
+        [one] if one.ends_with("File not found by ext2_lookup") => false,
+        ref other => panic!("debugfs cannot tell whether {path} is in {}: {}", image.display(), other.join("; ")),
+    }
+}
+
+/// debugfs's stderr lines other than its version banner: it exits 0 even
+/// when it cannot open the filesystem or find the path, so these are the
+/// only sign of failure.
+fn debugfs_complaints(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !(l.starts_with("debugfs ") && l.contains(" (")))
+        .collect()
+}
+
+/// Runs debugfs on the filesystem; its exit status must be 0.
+fn debugfs_raw(image: &Path, index: Option<usize>, request: &str) -> (String, String) {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
-    let raw = to_raw(image, tmp.path());
+    let fs = extract_filesystem(image, index, tmp.path());
+    let out = Command::new("debugfs").arg("-R").arg(request).arg(&fs).output().expect("run debugfs");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "debugfs -R {request:?} failed ({}): {stderr}", out.status);
+    (stdout, stderr)
+}
+
+/// The filesystem at partition `index` (or the whole disk) as a file in `dir`.
+fn extract_filesystem(image: &Path, index: Option<usize>, dir: &Path) -> PathBuf {
+    let raw = to_raw(image, dir);
     let (start, size) = match index {
         Some(i) => {
             let dump = Command::new("sfdisk").arg("--json").arg(&raw).output().unwrap();
+            assert!(dump.status.success(), "sfdisk --json {}: {}", raw.display(), String::from_utf8_lossy(&dump.stderr));
             let table: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
             let part = &table["partitiontable"]["partitions"][i];
             (part["start"].as_u64().unwrap(), part["size"].as_u64().unwrap())
         }
         None => (0, std::fs::metadata(&raw).unwrap().len() / 512),
     };
-    let fs = tmp.path().join("root.ext4");
+    let fs = dir.join("root.ext4");
     let ok = Command::new("dd")
         .arg(format!("if={}", raw.display()))
         .arg(format!("of={}", fs.display()))
@@ -146,16 +261,7 @@ pub fn debugfs_in_partition(image: &Path, index: Option<usize>, request: &str) -
         .status()
         .unwrap();
     assert!(ok.success());
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(request)
-        .arg(&fs)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    fs
 }
 
 /// A sparse raw disk of 96 MiB at `dir/NAME.raw`: the partition table

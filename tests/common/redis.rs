@@ -69,9 +69,12 @@ impl Redis {
                 .stderr(log)
                 .spawn()
                 .expect("redis-server (scripts/setup-host installs it)");
+            super::watchdog::track(&child, &format!("redis-server on port {port}"));
+            let _w = super::waiting_for(format!("redis-server to listen on 127.0.0.1:{port}"));
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
+                    super::watchdog::untrack(&child);
                     break; // the port was taken: try another
                 }
                 let log = std::fs::read_to_string(d.join("redis.log")).unwrap_or_default();
@@ -85,12 +88,16 @@ impl Redis {
         panic!("redis-server did not start: {}", std::fs::read_to_string(d.join("redis.log")).unwrap_or_default());
     }
 
-    /// Kills the server (SIGKILL) and, after `down`, starts it again on
-    /// the same port with the same configuration, empty.
-    pub fn crash_and_restart(&mut self, down: std::time::Duration) {
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn crash(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(down);
+        super::watchdog::untrack(&self.child);
+    }
+
+    /// Starts the server again after [`Redis::crash`], on the same port
+    /// with the same configuration, empty.
+    pub fn restart(&mut self) {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("redis.log")).unwrap();
         self.child = Command::new("redis-server")
@@ -100,6 +107,8 @@ impl Redis {
             .stderr(log)
             .spawn()
             .unwrap();
+        super::watchdog::track(&self.child, &format!("redis-server on port {}", self.port));
+        let _w = super::waiting_for(format!("redis-server to come back on 127.0.0.1:{}", self.port));
         let deadline = Instant::now() + Duration::from_secs(20);
         while !std::fs::read_to_string(d.join("redis.log")).unwrap_or_default().contains("Ready to accept connections") {
             assert!(self.child.try_wait().unwrap().is_none() && Instant::now() < deadline, "redis-server did not restart");
@@ -137,5 +146,6 @@ impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        super::watchdog::untrack(&self.child);
     }
 }

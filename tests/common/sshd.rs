@@ -62,6 +62,8 @@ impl Sshd {
                 .stderr(log)
                 .spawn()
                 .expect("start /usr/sbin/sshd (openssh-server; scripts/setup-host installs it)");
+            super::watchdog::track(&child, &format!("sshd on port {port}"));
+            let _w = super::waiting_for(format!("sshd to listen on 127.0.0.1:{port}"));
             // Its own word that it listens, not a probe another process could answer.
             let ready = format!("Server listening on 127.0.0.1 port {port}.");
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -73,6 +75,7 @@ impl Sshd {
                     return Sshd { port, dir, client_key, known_hosts, host_pub, child };
                 }
                 if child.try_wait().unwrap().is_some() {
+                    super::watchdog::untrack(&child);
                     eprintln!("sshd on port {port} exited: {}", log_text());
                     break;
                 }
@@ -137,6 +140,7 @@ impl Drop for Sshd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        super::watchdog::untrack(&self.child);
     }
 }
 
