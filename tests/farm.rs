@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cloud::cloud;
@@ -44,26 +44,12 @@ fn submit(scratch: &Scratch, redis: &Redis, prefix: &str, args: &[&str]) -> u64 
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// Background workers, killed with everything they started if a test
+/// Background workers, ended with everything they started if a test
 /// fails before it stops them.
-struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for w in &mut self.0 {
-            if let Ok(None) = w.try_wait() {
-                for pid in common::sshd::descendants(w.id()) {
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                }
-                let _ = w.kill();
-                let _ = w.wait();
-            }
-        }
-    }
-}
+struct Workers(Vec<Spawned>);
 
 /// A worker in the background, its terminal output in `log`.
-fn worker(c: Command, log: &Path, extra: &[&str]) -> Child {
+fn worker(c: Command, log: &Path, extra: &[&str]) -> Spawned {
     let mut c = c;
     let out = std::fs::File::create(log).unwrap();
     c.args(["worker", "--log-dir"])
@@ -72,7 +58,7 @@ fn worker(c: Command, log: &Path, extra: &[&str]) -> Child {
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
-    c.spawn().unwrap()
+    spawn(c)
 }
 
 /// `dbimage jobs -f json`.
@@ -94,6 +80,7 @@ fn show(scratch: &Scratch, redis: &Redis, prefix: &str, id: u64) -> (Value, Vec<
 
 /// Waits for `what` to hold, polling; panics with `why` after `secs`.
 fn wait_until<T>(secs: u64, why: &str, mut what: impl FnMut() -> Option<T>) -> T {
+    let _w = waiting_for(format!("{why} (at most {secs} s)"));
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(t) = what() {
@@ -112,12 +99,12 @@ fn running_on(jobs: &[Value], pid: u32) -> Option<u64> {
         .and_then(|j| j["id"].as_u64())
 }
 
-fn signal(child: &Child, sig: &str) {
+fn signal(child: &Spawned, sig: &str) {
     sh(&format!("kill -{sig} {}", child.id()));
 }
 
 /// Waits for a worker to exit; its status.
-fn wait_exit(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+fn wait_exit(child: &mut Spawned, secs: u64, what: &str) -> std::process::ExitStatus {
     wait_until(secs, what, || child.try_wait().unwrap())
 }
 
@@ -128,6 +115,48 @@ fn no_process_of(dir: &Path) -> bool {
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         !String::from_utf8_lossy(&cmdline).contains(&needle)
     })
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let parent = pid.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|p| stat_field(*p, 1).as_deref() == Some(parent.as_str()))
+        .collect()
+}
+
+/// Field `n` after the command name of /proc/PID/stat (0: state, 1: ppid).
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(n).map(str::to_string)
+}
+
+/// Stops (SIGSTOP) the process group of one job the worker runs, so that
+/// the job cannot finish before the worker is told to stop; the job's id
+/// and its group. None when no job of the worker is there to stop.
+fn freeze_a_job(worker: u32, names: &[String], ids: &[u64]) -> Option<(u64, u32)> {
+    for pid in children_of(worker) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Some(at) = args.iter().position(|a| a == "--name").and_then(|i| names.iter().position(|n| Some(n) == args.get(i + 1)))
+        else {
+            continue;
+        };
+        sh(&format!("kill -STOP -{pid}"));
+        let state = wait_until(10, "a job's process to stop on SIGSTOP", || match stat_field(pid, 0) {
+            None => Some("gone".to_string()),
+            Some(s) if ["R", "S", "D"].contains(&s.as_str()) => None,
+            Some(s) => Some(s),
+        });
+        if state == "T" {
+            return Some((ids[at], pid));
+        }
+        sh(&format!("kill -CONT -{pid}")); // it ended meanwhile
+    }
+    None
 }
 
 fn states(history: &[Value]) -> Vec<String> {
@@ -184,7 +213,7 @@ fn every_job_succeeds_once_through_kills_stalls_and_stops() {
     // A dies mid-job: its lease expires and another worker takes the job up.
     let killed = wait_until(120, "a job running on worker a", || running_on(&jobs(&scratch, &redis, prefix), a.id()));
     signal(a, "KILL");
-    a.wait().unwrap();
+    a.wait();
     // B stalls past its lease, then comes back: the job must still be
     // completed once, by whichever attempt finishes first.
     let stalled = wait_until(120, "a job running on worker b", || running_on(&jobs(&scratch, &redis, prefix), b.id()));
@@ -199,21 +228,24 @@ fn every_job_succeeds_once_through_kills_stalls_and_stops() {
     });
     signal(b, "CONT");
     // C is stopped with SIGTERM mid-job: it hands its jobs back and exits 0.
-    let stopped = wait_until(120, "a job running on worker c", || running_on(&jobs(&scratch, &redis, prefix), c.id()));
+    // Its job is frozen until the worker has the signal, so that it cannot
+    // finish first: handing it back is then the only right outcome.
+    let (stopped, group) = wait_until(120, "a job of worker c to freeze", || freeze_a_job(c.id(), &names, &ids));
     signal(c, "TERM");
+    wait_until(60, "worker c to start handing its jobs back", || {
+        std::fs::read_to_string(logs.join("c.log")).unwrap().contains("and handing them back").then_some(())
+    });
+    sh(&format!("kill -CONT -{group}"));
     let status = wait_exit(c, 120, "worker c to stop");
     assert!(status.success(), "worker c: {status}");
-    let c_log = std::fs::read_to_string(logs.join("c.log")).unwrap();
     let (job, history) = show(&scratch, &redis, prefix, stopped);
     let c_tag = format!(":{}:", c.id());
-    if c_log.contains("handing them back") {
-        assert!(
-            history.iter().any(|t| t["state"] == "queued"
-                && t["worker"].as_str().is_some_and(|w| w.contains(&c_tag))
-                && t["note"].as_str().is_some_and(|n| n.contains("handed back"))),
-            "{history:#?}"
-        );
-    }
+    assert!(
+        history.iter().any(|t| t["state"] == "queued"
+            && t["worker"].as_str().is_some_and(|w| w.contains(&c_tag))
+            && t["note"].as_str().is_some_and(|n| n.contains("handed back"))),
+        "job {stopped} was not handed back by worker c: {history:#?}"
+    );
     assert!(job["state"] != "running" || !job["worker"].as_str().unwrap().contains(&c_tag), "{job}");
 
     workers.0.push(worker(with_cloud(), &logs.join("d.log"), &["-n", "2"]));
@@ -465,14 +497,22 @@ fn a_worker_cut_off_from_redis_stops_its_job_and_recovers() {
     wait_until(60, "the slow job to run", || {
         jobs(&scratch, &redis, prefix).iter().any(|j| j["id"] == id && j["state"] == "running").then_some(())
     });
-    // Redis dies mid-job: within two thirds of the 5 s lease the worker
-    // stops the job, which another worker could otherwise run twice.
+    // Redis dies mid-job: the worker must stop the job within two thirds of
+    // its lease after the last renewal, so before the lease can expire and
+    // another worker take the job up (and run it twice).
+    let lease = Duration::from_secs(LEASE.parse().unwrap());
     let down = Instant::now();
-    redis.crash_and_restart(Duration::from_secs(6));
+    redis.crash();
+    wait_until(lease.as_secs(), "the worker to stop its job while Redis is down, within the lease", || {
+        no_process_of(&slow).then_some(())
+    });
+    let stopped_after = down.elapsed();
+    eprintln!("the job stopped {stopped_after:?} after Redis died");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains(&format!("job {id}: its lease could not be renewed")), "{text}");
-    assert!(no_process_of(&slow), "the job outlived its lease: {text}");
-    assert!(down.elapsed() < Duration::from_secs(30));
+    assert!(stopped_after < lease, "the job ran {stopped_after:?} after Redis died, past its lease: {text}");
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(down.elapsed()));
+    redis.restart();
     // Redis is back, empty: the worker finds the job's record gone, carries
     // on and takes new jobs.
     wait_until(60, "the worker to settle the stopped job", || {

@@ -237,6 +237,17 @@ impl Worker<'_> {
         }
     }
 
+    /// Waits without letting a lease run out unnoticed: a flat sleep here
+    /// delayed stopping a job past two thirds of its lease, close to the
+    /// moment another worker may take it up.
+    fn pause_fencing(&mut self, how_long: Duration) {
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            self.fence();
+            std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+
     /// After a failed queue command: wait, reconnect, and renew every lease
     /// at once (jobs keep running meanwhile). An error that waiting cannot
     /// cure (permissions, a key of another type) ends the worker.
@@ -245,7 +256,7 @@ impl Worker<'_> {
             return Err(anyhow::anyhow!("{e}"));
         }
         warn!("{e}; reconnecting in 2 s (running jobs go on)");
-        std::thread::sleep(Duration::from_secs(2));
+        self.pause_fencing(Duration::from_secs(2));
         // A server that came back empty needs the consumer group again.
         match Queue::connect(self.settings).and_then(|mut q| q.join().map(|()| q)) {
             Ok(q) => {
