@@ -227,7 +227,7 @@ fn glance_stopped_mid_upload_leaves_no_orphan() {
     cloud.env(&mut c, "dbimage-admin");
     c.arg("publish").arg(&img).args(["-d", "redis", "-v", "90.8", "--name", "pub-test-glance-down"]);
     c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let child = c.spawn().unwrap();
+    let mut child = common::spawn(c);
     // Wait until the image record exists and data is flowing, then stop Glance.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -241,11 +241,24 @@ fn glance_stopped_mid_upload_leaves_no_orphan() {
     cloud.harness("stop", "glance");
     std::thread::sleep(std::time::Duration::from_secs(3));
     cloud.harness("start-service", "glance");
-    let out = child.wait_with_output().unwrap();
+    let out = child.output();
     let err = stderr(&out);
     eprintln!("{err}");
     assert!(!out.status.success());
-    assert!(err.contains("Glance"), "{err}");
+    // The error must be the interrupted upload of the image's data, not
+    // just any line naming Glance (the info line "created Glance image"
+    // always does).
+    let id = err
+        .lines()
+        .find_map(|l| l.split("created Glance image pub-test-glance-down (").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no image was created: {err}"));
+    let error = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
+    let put = format!("/images/{id}/file");
+    assert!(
+        error.contains(&put) && (error.contains("cannot reach Glance at ") || error.contains("Glance refused PUT ")),
+        "the error is not the failed upload of {put}: {error}"
+    );
     let cloud = common::cloud::cloud();
     assert!(cloud.images_named("pub-test-glance-down").is_empty(), "orphan image after Glance restart");
 }
