@@ -66,12 +66,18 @@ struct Fixture {
 const SECRET: &str = "rabbit-pw-7781";
 
 fn fixture(name: &str, table: Option<&str>, offset: u64, with_os_release: bool) -> Fixture {
+    fixture_named(name, table, offset, with_os_release)
+}
+
+/// [`fixture`] with the input file (and so the Glance name) called `file`:
+/// tests that publish run in parallel and must not share a name.
+fn fixture_named(file: &str, table: Option<&str>, offset: u64, with_os_release: bool) -> Fixture {
     require_root();
     let scratch = Scratch::new();
     let inputs = scratch.dir.path().join("in");
     std::fs::create_dir_all(&inputs).unwrap();
     let t = tree(&inputs, with_os_release);
-    let input = disk(&inputs, name, table, offset, &t);
+    let input = disk(&inputs, file, table, offset, &t);
     std::fs::remove_dir_all(t).unwrap();
     let settings = inputs.join("settings.yaml");
     std::fs::write(
@@ -189,11 +195,12 @@ fn images_without_a_linux_root_or_broken_are_refused() {
 
 /// Starts `upload -s 'sleep 120'` and returns once the sleep runs in the
 /// image's chroot (everything is mounted, attached and exported then).
-fn start_sleeping_upload(f: &Fixture) -> std::process::Child {
+fn start_sleeping_upload(f: &Fixture) -> Spawned {
     let mut c = f.scratch.cmd();
     c.env("DBIMAGE_SETTINGS", &f.settings).env_remove("OS_CLOUD").env_remove("OS_AUTH_URL");
     c.args(["upload", "-d", "redis", "-v", "7.0", "--no-publish", "-s", "sleep 120", "-f"]).arg(&f.input);
-    let mut child = c.spawn().unwrap();
+    let mut child = spawn(c);
+    let _w = waiting_for("the upload's -s command (sleep 120) to run in the chroot");
     let deadline = Instant::now() + Duration::from_secs(60);
     let work = f.scratch.work();
     loop {
@@ -218,7 +225,7 @@ fn sigint_during_the_script_cleans_up() {
     let before = sha256(&f.input);
     let mut child = start_sleeping_upload(&f);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = child.wait().unwrap();
+    let status = child.wait();
     assert_eq!(status.code(), Some(130));
     f.assert_untouched(&before);
 }
@@ -232,7 +239,7 @@ fn cleanup_undoes_a_killed_upload() {
     let before = sha256(&f.input);
     let mut child = start_sleeping_upload(&f);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    child.wait().unwrap();
+    child.wait();
     assert!(!no_daemon_of(f.scratch.dir.path()), "SIGKILL should leave the export running");
     let mut c = f.scratch.cmd();
     c.arg("cleanup");
@@ -248,8 +255,10 @@ fn cleanup_undoes_a_killed_upload() {
 #[test]
 fn failing_script_publishes_nothing() {
     let cloud = common::cloud::cloud();
-    let (name, table, offset, _) = LAYOUTS[0];
-    let f = fixture(name, table, offset, true);
+    let (_, table, offset, _) = LAYOUTS[0];
+    let name = "upload-test-failing-script";
+    delete_images_named(&cloud, name);
+    let f = fixture_named(name, table, offset, true);
     let before = sha256(&f.input);
     let mut c = f.scratch.cmd();
     cloud.env(&mut c, "dbimage-admin");
@@ -266,8 +275,10 @@ fn failing_script_publishes_nothing() {
 #[test]
 fn foreign_image_is_published_after_patching() {
     let cloud = common::cloud::cloud();
-    let (name, table, offset, _) = LAYOUTS[0];
-    let f = fixture(name, table, offset, true);
+    let (_, table, offset, _) = LAYOUTS[0];
+    let name = "upload-test-foreign";
+    delete_images_named(&cloud, name);
+    let f = fixture_named(name, table, offset, true);
     let before = sha256(&f.input);
     let mut c = f.scratch.cmd();
     cloud.env(&mut c, "dbimage-admin");
@@ -279,4 +290,12 @@ fn foreign_image_is_published_after_patching() {
     let images = cloud.images_named(name);
     assert_eq!(images.len(), 1, "{images:?}");
     assert_eq!(images[0]["status"], "active");
+    delete_images_named(&cloud, name);
+}
+
+/// Removes what an earlier run left under `name` in a reused cloud.
+fn delete_images_named(cloud: &common::cloud::Cloud, name: &str) {
+    for img in cloud.images_named(name) {
+        cloud.delete_image(img["id"].as_str().unwrap());
+    }
 }
