@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 
 use common::*;
 
@@ -86,7 +86,7 @@ fn redis_from_a_tarball_setup_sh_boots_and_answers() {
 /// A signed apt repository of real Debian packages, served on 127.0.0.1
 /// by a process this test started and ends by its PID.
 struct VendorRepo {
-    server: Child,
+    server: Spawned,
     port: u16,
     key: PathBuf,
     fingerprint: String,
@@ -95,7 +95,7 @@ struct VendorRepo {
 impl Drop for VendorRepo {
     fn drop(&mut self) {
         let _ = self.server.kill();
-        let _ = self.server.wait();
+        self.server.wait();
     }
 }
 
@@ -138,21 +138,52 @@ fn vendor_repo(dir: &Path, packages: &[&str]) -> VendorRepo {
     );
     gpg(&["--clearsign", "-o", "repo/dists/bookworm/InRelease", "repo/dists/bookworm/Release"]);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
-        .current_dir(&repo)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let (server, port) = serve(&repo);
     VendorRepo { server, port, key, fingerprint }
+}
+
+/// Serves `repo` on a free port of 127.0.0.1 and waits until that server,
+/// not whoever took the port in between, hands out this repository's
+/// InRelease. A port found free may be taken before the server binds it
+/// (tests run in parallel): the server then exits and another port is tried.
+fn serve(repo: &Path) -> (Spawned, u16) {
+    let in_release = std::fs::read(repo.join("dists/bookworm/InRelease")).unwrap();
+    for _ in 0..5 {
+        let port = common::sshd::free_port();
+        let mut c = Command::new("python3");
+        c.args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+            .current_dir(repo)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(repo.with_extension("log")).unwrap());
+        let mut server = spawn(c);
+        let what = format!("the vendor repository server (python3 -m http.server) to serve {} on 127.0.0.1:{port}", repo.display());
+        let _w = waiting_for(&what);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while server.try_wait().unwrap().is_none() {
+            if fetch(port, "/dists/bookworm/InRelease").as_deref() == Some(&in_release[..]) {
+                return (server, port);
+            }
+            let log = std::fs::read_to_string(repo.with_extension("log")).unwrap_or_default();
+            assert!(std::time::Instant::now() < deadline, "timed out after 20 s waiting for {what}; its log:\n{log}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("the repository server on port {port} exited: {}", std::fs::read_to_string(repo.with_extension("log")).unwrap_or_default());
+    }
+    panic!("the vendor repository server could not listen on any of 5 free ports of 127.0.0.1");
+}
+
+/// The body of `GET path` from 127.0.0.1:port, if it answered 200 in time.
+fn fetch(port: u16, path: &str) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let timeout = Some(std::time::Duration::from_secs(5));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(timeout).ok()?;
+    s.set_write_timeout(timeout).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).ok()?;
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    answer.starts_with(b"HTTP/1.0 200").then(|| answer[split + 4..].to_vec())
 }
 
 /// A data directory of our own: the real catalog and elements, the test
