@@ -109,6 +109,7 @@ impl Session {
         }
         let client = http::client(cfg)?;
         let url = format!("{}/auth/tokens", v3_url(&cfg.auth_url));
+        http::warn_if_cleartext("Keystone", &url);
         let req = client.post(&url).json(&auth_body(&cfg.credentials)).timeout(std::time::Duration::from_secs(60));
         let resp = match http::send("Keystone", &Method::POST, &url, req) {
             Ok(r) => r,
@@ -219,6 +220,9 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn auth_bodies() {
@@ -234,6 +238,99 @@ mod tests {
         assert_eq!(b["auth"]["identity"]["methods"][0], "application_credential");
         assert_eq!(b["auth"]["identity"]["application_credential"]["secret"], "s");
         assert!(b["auth"].get("scope").is_none());
+    }
+
+    /// Accepts one connection on `listener` (within 20 s), reads the
+    /// request and answers `response`; returns the request as text.
+    fn answer_once(listener: TcpListener, response: String) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (mut conn, _) = accept_within(&listener, Duration::from_secs(20)).expect("no request came");
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body up to Content-Length.
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            conn.write_all(response.as_bytes()).unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        })
+    }
+
+    fn accept_within(listener: &TcpListener, wait: Duration) -> Option<(std::net::TcpStream, std::net::SocketAddr)> {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((s, a)) => {
+                    s.set_nonblocking(false).unwrap();
+                    return Some((s, a));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        None
+    }
+
+    fn redirect_to(location: &str) -> String {
+        format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    }
+
+    #[test]
+    fn redirects_carry_neither_password_nor_token() {
+        let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+        let location = format!("http://{}/v3/auth/tokens", elsewhere.local_addr().unwrap());
+
+        // Keystone answers the login with a 307: the password must not follow.
+        let keystone = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = CloudConfig {
+            origin: "test cloud".into(),
+            auth_url: format!("http://{}/v3", keystone.local_addr().unwrap()),
+            credentials: Credentials::Password {
+                user: NameOrId::Id("u1".into()),
+                password: "redirect-Pa55word".into(),
+                project: Some(NameOrId::Id("p1".into())),
+            },
+            region: None,
+            interface: "public".into(),
+            cacert: None,
+            verify: true,
+        };
+        let server = answer_once(keystone, redirect_to(&location));
+        let err = Session::login(&cfg).err().expect("a redirect is not a login").to_string();
+        assert!(server.join().unwrap().contains("redirect-Pa55word"), "Keystone itself got the login");
+        assert!(err.contains("HTTP 307") && err.contains(&location), "{err}");
+        assert!(!err.contains("redirect-Pa55word"), "{err}");
+
+        // A service answers a call with a 307: the token must not follow.
+        let glance = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", glance.local_addr().unwrap());
+        let client = http::client(&cfg).unwrap();
+        let svc = Service::new("Glance", base, &client, "tok-REDIRECT-1234");
+        let server = answer_once(glance, redirect_to(&location));
+        let err = svc.get::<Value>("/v2/images").unwrap_err().to_string();
+        assert!(server.join().unwrap().contains("tok-REDIRECT-1234"));
+        assert!(err.contains("HTTP 307") && err.contains(&location), "{err}");
+
+        assert!(
+            accept_within(&elsewhere, Duration::from_millis(500)).is_none(),
+            "the redirect target was contacted"
+        );
     }
 
     #[test]

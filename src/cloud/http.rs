@@ -30,7 +30,11 @@ pub fn block_on<F: Future>(fut: F) -> Result<F::Output, CloudError> {
 /// Builds the client for one cloud: its CA bundle, verification setting and
 /// timeouts.
 pub fn client(cfg: &CloudConfig) -> Result<Client, CloudError> {
+    // A redirect would carry X-Auth-Token (and a 307 on /auth/tokens the
+    // password) to wherever the Location points: none is followed, and
+    // `send` reports the 3xx with its Location instead.
     let mut b = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(15))
         .user_agent(concat!("dbimage/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &cfg.cacert {
@@ -140,14 +144,51 @@ pub fn send(service: &str, method: &Method, url: &str, req: RequestBuilder) -> R
     if status.is_success() {
         return Ok(resp);
     }
+    let redirect = status.is_redirection().then(|| redirect_message(&resp));
     let body = block_on(async move { resp.text().await })?.unwrap_or_default();
     Err(CloudError::Http {
         service: service.to_string(),
         method: method.to_string(),
         url: url.to_string(),
         status: status.as_u16(),
-        message: message_of(status, &body),
+        message: redirect.unwrap_or_else(|| message_of(status, &body)),
     })
+}
+
+fn redirect_message(resp: &Response) -> String {
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_else(|| "nowhere (no Location header)".into());
+    crate::run::redact(&format!(
+        "redirected to {location:?}, which dbimage does not follow (the token or password would go along); \
+         use the final URL in auth_url or the service catalog"
+    ))
+}
+
+/// Warns, once per run, when credentials are about to travel in clear text
+/// to another machine.
+pub fn warn_if_cleartext(service: &str, url: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if cleartext_to_other_host(url) {
+        WARNED.call_once(|| {
+            tracing::warn!("{service} is at {url}: plain http to another host sends the password and token unencrypted; use https");
+        });
+    }
+}
+
+/// Whether `url` is plain `http://` to a host other than this one.
+fn cleartext_to_other_host(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    if u.scheme() != "http" {
+        return false;
+    }
+    let host = u.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => !(host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost")),
+    }
 }
 
 /// Decodes a JSON answer.
@@ -252,5 +293,15 @@ mod tests {
         let html = "<html>\n <head>\n  <title>413 Request Entity Too Large</title>\n </head>\n <body>\n  <h1>413 Request Entity Too Large</h1>\n  Image exceeds the storage quota<br /><br />\n </body>\n</html>";
         assert_eq!(message_of(StatusCode::PAYLOAD_TOO_LARGE, html), "Request Entity Too Large Image exceeds the storage quota");
         assert_eq!(message_of(StatusCode::NOT_FOUND, ""), "Not Found");
+    }
+
+    #[test]
+    fn cleartext_only_to_other_hosts() {
+        assert!(cleartext_to_other_host("http://keystone.example:5000/v3"));
+        assert!(cleartext_to_other_host("http://10.0.0.5/identity"));
+        assert!(!cleartext_to_other_host("https://keystone.example:5000/v3"));
+        assert!(!cleartext_to_other_host("http://127.0.0.1:5000/v3"));
+        assert!(!cleartext_to_other_host("http://[::1]:5000/v3"));
+        assert!(!cleartext_to_other_host("http://localhost/identity"));
     }
 }
