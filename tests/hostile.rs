@@ -192,7 +192,16 @@ fn tree(dir: &Path, home: &str) -> PathBuf {
     std::fs::write(t.join("etc/passwd"), format!("root:x:0:0:root:/root:/bin/sh\ndba:x:1000:1000::{home}:/bin/sh\n"))
         .unwrap();
     std::fs::write(t.join("etc/machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
-    std::fs::copy("/usr/bin/dash", t.join("usr/bin/dash")).unwrap();
+    for (from, to) in [
+        ("/usr/bin/dash", "usr/bin/dash"),
+        ("/lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libc.so.6"),
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+    ] {
+        std::fs::create_dir_all(t.join(to).parent().unwrap()).unwrap();
+        std::fs::copy(from, t.join(to)).unwrap();
+    }
+    std::fs::create_dir_all(t.join("bin")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/dash", t.join("bin/sh")).unwrap();
     t
 }
 
@@ -349,4 +358,68 @@ fn a_damaged_root_that_asks_for_a_panic_is_not_mounted() {
     assert!(stderr(&out).contains("ref count is 7, should be 1"), "{}", stderr(&out));
     assert_eq!(sha256(&image), before, "the input changed");
     assert_nothing_left("errors=panic with a damaged root", &scratch);
+}
+
+/// A host directory an image's links aim at: its names and contents, and
+/// nothing may be mounted on it.
+fn host_dir(scratch: &Scratch, name: &str) -> (PathBuf, Canary) {
+    let dir = scratch.dir.path().join(name);
+    let canary = Canary::new(&dir, "canary");
+    (dir, canary)
+}
+
+fn assert_host_dir_untouched(case: &str, dir: &Path, canary: &Canary) {
+    canary.assert_untouched(case);
+    assert_eq!(list(dir), vec!["canary".to_string()], "{case}: {} changed", dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&dir.display().to_string()), "{case}: something is mounted on {}", dir.display());
+}
+
+/// `upload -s`: the chroot's mount points and replaced files are reached
+/// without following the image's links.
+#[test]
+fn chroot_mount_points_and_files_that_lead_to_the_host() {
+    require_root();
+    let host = Scratch::new();
+    for (case, link) in [("proc", "proc"), ("dev", "dev"), ("sys", "sys"), ("usr/sbin (policy-rc.d)", "usr/sbin")] {
+        let (dir, canary) = host_dir(&host, &link.replace('/', "-"));
+        let scratch = Scratch::new();
+        let inputs = scratch.dir.path().join("in");
+        std::fs::create_dir_all(&inputs).unwrap();
+        let t = tree(&inputs, "/home/dba");
+        std::fs::create_dir_all(t.join(link).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&dir, t.join(link)).unwrap();
+        let image = disk(&inputs, "chroot", &t);
+        let before = sha256(&image);
+        let img = image.to_str().unwrap();
+        let out = dbimage_in(&scratch, &inputs, &["upload", "-d", "postgresql", "-v", "15", "-f", img, "-s", "true", "--no-publish"]);
+        let case = format!("{case} is a symlink to a host directory");
+        assert_refused(&case, &out, "symbolic link");
+        assert_host_dir_untouched(&case, &dir, &canary);
+        assert_eq!(sha256(&image), before, "{case}: the input changed");
+        assert_nothing_left(&case, &scratch);
+    }
+}
+
+/// `etc/resolv.conf` as a link to a host file is set aside and put back,
+/// never written through.
+#[test]
+fn resolv_conf_linked_to_a_host_file_is_set_aside_not_written() {
+    require_root();
+    let host = Scratch::new();
+    let (dir, canary) = host_dir(&host, "resolv");
+    let scratch = Scratch::new();
+    let inputs = scratch.dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let t = tree(&inputs, "/home/dba");
+    std::os::unix::fs::symlink(&canary.path, t.join("etc/resolv.conf")).unwrap();
+    let image = disk(&inputs, "resolv", &t);
+    let img = image.to_str().unwrap();
+    let out = dbimage_in(&scratch, &inputs, &["upload", "-d", "postgresql", "-v", "15", "-f", img, "-s", "test -f /etc/resolv.conf", "--no-publish"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_host_dir_untouched("resolv.conf symlink", &dir, &canary);
+    let patched = scratch.out().join("resolv-patched.qcow2");
+    let (stat, _) = debugfs_in_partition(&patched, Some(0), "stat /etc/resolv.conf");
+    assert!(stat.contains("Type: symlink"), "the image's own link is back: {stat}");
+    scratch.assert_clean();
 }

@@ -135,7 +135,7 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         }
         phases.run_all(&TREE_PHASES_AFTER_DB, &tree)?;
         if let Some(conf) = &plan.guest_agent_conf {
-            let root = crate::image::root::ImageRoot::open(&tree)?;
+            let root = crate::disk::image_root::ImageRoot::open(&tree)?;
             tracing::info!("    {}", patch::write_guest_agent(&root, conf)?);
         }
         let agent_packages =

@@ -96,10 +96,26 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The error and its causes on one line, each cause once: many errors
+/// already quote their source, which `{:#}` would repeat.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg
+}
+
 /// Prints an error (one line first, details after) and maps it to an exit code.
 pub fn exit(result: anyhow::Result<()>) -> ExitCode {
     let Err(err) = result else { return ExitCode::SUCCESS };
-    let msg = crate::run::redact(&format!("{err:#}"));
+    let msg = crate::run::redact(&one_line(&err));
     eprintln!("error: {msg}");
     if err.downcast_ref::<make::NotPublished>().is_some() {
         ExitCode::from(make::EXIT_NOT_PUBLISHED)
@@ -119,6 +135,7 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
         // A bad image (not an image, truncated, no Linux root) is the user's to fix.
         || err.downcast_ref::<crate::image::ImageError>().is_some_and(|e| e.is_bad_input())
         || err.downcast_ref::<crate::image::patch::PatchError>().is_some_and(|e| e.is_bad_input())
+        || err.downcast_ref::<crate::disk::chroot::ChrootError>().is_some_and(|e| e.is_bad_input())
         || err
             .downcast_ref::<crate::catalog::flavors::FlavorError>()
             .is_some_and(|e| e.is_usage())
@@ -132,6 +149,15 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_are_shown_once() {
+        let io = std::io::Error::other("Invalid argument");
+        let quoted = anyhow::Error::new(crate::disk::mount::MountError { what: "x".into(), target: "/t".into(), source: io });
+        assert_eq!(one_line(&quoted), "cannot mount x on /t: Invalid argument");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&plain), "outer: inner");
+    }
 
     #[test]
     fn url_passwords_are_hidden_on_their_own() {

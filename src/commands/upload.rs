@@ -7,7 +7,7 @@
 //! patched, released, checked, and only then renamed into place.
 
 use crate::image::fsck;
-use crate::image::root::ImageRoot;
+use crate::disk::image_root::ImageRoot;
 use crate::host_tools::{self, Group};
 use std::collections::BTreeMap;
 use std::fs;

@@ -5,13 +5,19 @@
 //! everything is registered on the teardown stack and removed by
 //! [`Teardown::unwind_to`] with the returned mark, so the image never keeps
 //! any of it.
+//!
+//! The tree may be a foreign image (`upload -s`): every mount point and
+//! replaced file is reached by descriptor without following the image's
+//! links, so `dev -> /dev` or `etc -> /etc` in the image cannot aim a
+//! mount or a write at the host. What then runs in the chroot is the
+//! image's own code, as root: that is not contained (the README says so).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::guard::{Mark, Teardown, Undo};
-use super::mount::{self, MountError};
+use super::image_root::{ImageRoot, RootError};
+use super::mount::{self, MountError, MountPoint};
 use crate::run::Cmd;
 
 /// Errors preparing a chroot.
@@ -20,6 +26,9 @@ pub enum ChrootError {
     /// A mount failed.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// A path in the tree is a link, or not what it should be.
+    #[error(transparent)]
+    Tree(#[from] RootError),
     /// A file in the tree could not be written.
     #[error("preparing {path} in the image tree: {source}")]
     Io {
@@ -28,6 +37,13 @@ pub enum ChrootError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+impl ChrootError {
+    /// True when the tree itself is the problem (a link where dbimage mounts or writes).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ChrootError::Tree(e) if !matches!(e, RootError::Io { .. }))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ChrootError + '_ {
@@ -41,27 +57,24 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ChrootError + '_ {
 pub fn enter(td: &mut Teardown, root: &Path, apt_cache: Option<&Path>) -> Result<Mark, ChrootError> {
     let mark = td.mark();
     let result = (|| {
-        for dir in ["proc", "sys", "dev", "tmp"] {
-            let p = root.join(dir);
-            fs::create_dir_all(&p).map_err(io_err(&p))?;
-        }
-        mount::special(td, "proc", &root.join("proc"), "")?;
-        mount::special(td, "sysfs", &root.join("sys"), "")?;
-        mount::bind(td, Path::new("/dev"), &root.join("dev"))?;
-        let pts = root.join("dev/pts");
+        let tree = ImageRoot::open(root)?;
+        tree.mkdir_all("tmp", 0o755)?;
+        let dir = |rel: &str| tree.mkdir_all(rel, 0o755);
+        mount::special(td, "proc", confined(root, "proc", &dir("proc")?), "")?;
+        mount::special(td, "sysfs", confined(root, "sys", &dir("sys")?), "")?;
+        mount::bind(td, Path::new("/dev"), confined(root, "dev", &dir("dev")?))?;
         // A private devpts instance: the chroot's ptys are not the host's.
-        mount::special(td, "devpts", &pts, "newinstance,ptmxmode=0666,mode=0620,gid=5")?;
+        // dev is now the host's /dev (a slave bind), so the plain path is safe.
+        mount::special(td, "devpts", &root.join("dev/pts"), "newinstance,ptmxmode=0666,mode=0620,gid=5")?;
 
-        replace_file(td, &root.join("etc/resolv.conf"), &host_resolv_conf())?;
-        let policy = root.join("usr/sbin/policy-rc.d");
-        replace_file(td, &policy, "#!/bin/sh\n# dbimage: no daemons during the build\nexit 101\n")?;
-        fs::set_permissions(&policy, fs::Permissions::from_mode(0o755)).map_err(io_err(&policy))?;
+        replace_file(td, &tree, root, "etc/resolv.conf", &host_resolv_conf(), 0o644)?;
+        let policy = "#!/bin/sh\n# dbimage: no daemons during the build\nexit 101\n";
+        replace_file(td, &tree, root, "usr/sbin/policy-rc.d", policy, 0o755)?;
 
         if let Some(cache) = apt_cache {
-            let target = root.join("var/cache/apt/archives");
             fs::create_dir_all(cache.join("partial")).map_err(io_err(cache))?;
-            fs::create_dir_all(&target).map_err(io_err(&target))?;
-            mount::bind(td, cache, &target)?;
+            let rel = "var/cache/apt/archives";
+            mount::bind(td, cache, confined(root, rel, &dir(rel)?))?;
         }
         Ok(())
     })();
@@ -79,22 +92,23 @@ fn host_resolv_conf() -> String {
     fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
 }
 
-/// Puts `content` at `path` for the duration, saving what was there
-/// (a file or a dangling symlink, as systemd-resolved leaves) for restore.
-fn replace_file(td: &mut Teardown, path: &Path, content: &str) -> Result<(), ChrootError> {
-    let backup = path.with_file_name(format!(
-        "{}.dbimage-saved",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let had = path.symlink_metadata().is_ok();
-    if had {
-        fs::rename(path, &backup).map_err(io_err(path))?;
-    }
-    td.push(Undo::Restore { path: path.to_path_buf(), backup: had.then_some(backup) });
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
-    fs::write(path, content).map_err(io_err(path))
+/// The directory `rel` of `root`, opened as `fd`, as a mount point.
+fn confined<'a>(root: &Path, rel: &str, fd: &'a std::os::fd::OwnedFd) -> MountPoint<'a> {
+    MountPoint::confined(root.join(rel), fd)
+}
+
+/// Puts `content` at `rel` for the duration, saving what was there (a file
+/// or a dangling symlink, as systemd-resolved leaves) for restore. Its
+/// directory is reached without following links.
+fn replace_file(td: &mut Teardown, tree: &ImageRoot, root: &Path, rel: &str, content: &str, mode: u32) -> Result<(), ChrootError> {
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = tree.mkdir_all(dir_rel, 0o755)?;
+    let backup = format!("{name}.dbimage-saved");
+    let had = tree.rename_in(&dir, dir_rel, name, &backup)?;
+    let path = root.join(rel);
+    td.push(Undo::Restore { path: path.clone(), backup: had.then(|| path.with_file_name(&backup)) });
+    tree.replace(&dir, &format!("/{rel}"), name, content.as_bytes(), mode, (0, 0))?;
+    Ok(())
 }
 
 /// The environment every command in the chroot starts with.

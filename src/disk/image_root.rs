@@ -1,4 +1,5 @@
-//! A mounted foreign root filesystem, reached only by file descriptor.
+//! An image's root tree (a mounted foreign filesystem, or a tree being
+//! built), reached only by file descriptor.
 //!
 //! Every path is resolved with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS
 //! | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` below the root's descriptor,
@@ -201,6 +202,16 @@ impl ImageRoot {
             let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         }
         written
+    }
+
+    /// Renames `from` to `to` in the directory `dir` (`rel` for messages);
+    /// false when there was no `from`. Links are renamed, not followed.
+    pub fn rename_in(&self, dir: &OwnedFd, rel: &str, from: &str, to: &str) -> Result<bool, RootError> {
+        match renameat(dir.as_fd(), from, dir.as_fd(), to) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(RootError::from_errno(&format!("/{}/{from}", rel.trim_matches('/')), e)),
+        }
     }
 
     /// Sets owner and mode of the directory behind `fd`.

@@ -5,6 +5,7 @@ pub mod binfmt;
 pub mod chroot;
 pub mod export;
 pub mod guard;
+pub mod image_root;
 pub mod layout;
 pub mod loopback;
 pub mod mount;

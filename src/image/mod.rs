@@ -10,7 +10,6 @@ pub mod fsck;
 pub mod inspect;
 pub mod partitions;
 pub mod patch;
-pub mod root;
 
 use std::fs::File;
 use std::io::{self, Read};

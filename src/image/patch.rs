@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::inspect::{PasswdEntry, parse_passwd};
-use super::root::{ImageRoot, RootError};
+use crate::disk::image_root::{ImageRoot, RootError};
 
 /// Where Trove's guest agent reads its configuration.
 pub const GUEST_AGENT_CONF: &str = "etc/trove/conf.d/trove-guestagent.conf";
