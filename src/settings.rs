@@ -81,6 +81,7 @@ struct File {
     dibvm: Option<HostFile>,
     controller: Option<ControllerFile>,
     known_hosts: Option<PathBuf>,
+    debian_keyring: Option<PathBuf>,
     guest_agent_install: Option<guest_agent::InstallFile>,
     rotate: Option<bool>,
     queue: Option<queue::QueueFile>,
@@ -140,6 +141,9 @@ pub struct Controller {
 /// Trove's task manager hands to new guests.
 const DEFAULT_GUEST_AGENT_CONF: &str = "/etc/trove/trove-guestagent.conf";
 
+/// Where the debian-archive-keyring package puts Debian's archive keys.
+const DEFAULT_DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -175,6 +179,10 @@ pub struct Settings {
     /// The known_hosts file dbimage keeps for its remote hosts
     /// (`DBIMAGE_KNOWN_HOSTS`; default `~/.config/dbimage/known_hosts`).
     pub known_hosts: PathBuf,
+    /// The keyring debootstrap checks Debian's Release files against
+    /// (`debian_keyring`, `DBIMAGE_DEBIAN_KEYRING`; default the
+    /// debian-archive-keyring package's).
+    pub debian_keyring: PathBuf,
     /// Which guest agent the `trove-guest-agent` element installs
     /// (`guest_agent_install`, `DBIMAGE_GUEST_AGENT_*`).
     pub guest_agent_install: GuestAgentInstall,
@@ -281,6 +289,9 @@ impl Settings {
                 .unwrap_or_else(|| {
                     env_path("HOME").unwrap_or_else(|| PathBuf::from("/root")).join(".config/dbimage/known_hosts")
                 }),
+            debian_keyring: env_path("DBIMAGE_DEBIAN_KEYRING")
+                .or(file.debian_keyring)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DEBIAN_KEYRING)),
             guest_agent_install,
             rotate: env_bool("DBIMAGE_ROTATE")
                 .or(file.rotate)
@@ -426,6 +437,7 @@ mod tests {
             dibvm: Default::default(),
             controller: None,
             known_hosts: PathBuf::new(),
+            debian_keyring: PathBuf::new(),
             guest_agent_install: Default::default(),
             rotate: false,
             queue: None,

@@ -62,6 +62,10 @@ impl Steps {
 
 /// Builds the image described by `plan`.
 pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
+    // A host that cannot check Debian's signatures is refused before
+    // anything is made.
+    let keyring =
+        rootfs::Keyring::open(&plan.debian_keyring).map_err(|e| crate::commands::UsageError(e.to_string()))?;
     if plan.emulated {
         crate::disk::binfmt::ensure(plan.request.arch)?;
     }
@@ -87,6 +91,7 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
         arch,
         mirror: plan.mirror.clone(),
         include: Vec::new(),
+        keyring,
     };
     steps.run("base tree", || {
         let (tarball, hit) = rootfs::ensure_base(&mut td, &base, &plan.cache_dir)?;

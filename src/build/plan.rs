@@ -72,6 +72,8 @@ pub struct Plan {
     pub cache_dir: PathBuf,
     /// Parent of this build's work directory.
     pub work_dir: PathBuf,
+    /// Debian's archive keyring, which debootstrap checks the base against.
+    pub debian_keyring: PathBuf,
     /// Whether the target architecture needs qemu-user on this host.
     pub emulated: bool,
     /// How the `trove-guest-agent` element installs the agent; `None`
@@ -368,6 +370,7 @@ impl Plan {
             data_dir: settings.data_dir.clone(),
             cache_dir: settings.cache_dir.clone(),
             work_dir: settings.work_dir.clone(),
+            debian_keyring: settings.debian_keyring.clone(),
             emulated,
             guest_agent,
             guest_agent_conf: None,

@@ -1,9 +1,14 @@
 //! The base root tree: debootstrap once, then a cached tarball.
 //!
 //! The tarball's name carries a hash of everything that shapes the tree
-//! (distro, release, architecture, mirror, variant, extra packages), so a
-//! change to any of them makes a new base instead of reusing a wrong one.
-//! debootstrap's own .deb downloads are cached too.
+//! (distro, release, architecture, mirror, variant, extra packages, the
+//! keyring it was checked against), so a change to any of them makes a new
+//! base instead of reusing a wrong one. debootstrap's own .deb downloads
+//! are cached too.
+//!
+//! debootstrap always checks signatures (`--force-check-gpg` with an
+//! explicit `--keyring`): without them it silently skips the check when
+//! Debian's keyring is missing, and the unchecked base would be cached.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,12 +51,48 @@ pub enum RootfsError {
         /// apt's own words.
         detail: String,
     },
+    /// Debian's archive keyring is not there to check the base against.
+    #[error(
+        "Debian's archive keyring {} is missing, so debootstrap cannot check what it downloads: \
+         install the package debian-archive-keyring, or set debian_keyring (DBIMAGE_DEBIAN_KEYRING) \
+         to a keyring that has Debian's archive keys",
+        path.display()
+    )]
+    NoKeyring {
+        /// The keyring looked for.
+        path: PathBuf,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
     move |source| RootfsError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// The keyring debootstrap checks against: its path, and its content's
+/// hash for the cache key (a base checked against other keys is another base).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Keyring {
+    #[serde(skip)]
+    path: PathBuf,
+    sha256: String,
+}
+
+impl Keyring {
+    /// Reads the keyring at `path`.
+    pub fn open(path: &Path) -> Result<Keyring, RootfsError> {
+        let bytes = match fs::read(path) {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => return Err(RootfsError::NoKeyring { path: path.to_path_buf() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RootfsError::NoKeyring { path: path.to_path_buf() });
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Keyring { path: path.to_path_buf(), sha256 })
     }
 }
 
@@ -68,6 +109,8 @@ pub struct BaseSpec {
     pub mirror: String,
     /// Extra packages for debootstrap's `--include`.
     pub include: Vec<String>,
+    /// What the downloaded Release files must be signed by.
+    pub keyring: Keyring,
 }
 
 impl BaseSpec {
@@ -112,14 +155,7 @@ pub fn ensure_base(
     };
     td.push(undo_scratch.clone());
     let tree = scratch.join("tree");
-    let mut cmd = Cmd::new("debootstrap")
-        .args(["--variant=minbase", "--merged-usr"])
-        .arg(format!("--arch={}", spec.arch.debian()))
-        .arg(format!("--cache-dir={}", debs.display()));
-    if !spec.include.is_empty() {
-        cmd = cmd.arg(format!("--include={}", spec.include.join(",")));
-    }
-    cmd.arg(&spec.release).arg(&tree).arg(&spec.mirror).run()?;
+    debootstrap(spec, &debs, &tree).run()?;
 
     let partial = scratch.join("base.tar");
     Cmd::new("tar")
@@ -138,6 +174,19 @@ pub fn ensure_base(
             source: std::io::Error::other(e),
         })?;
     Ok((tarball, false))
+}
+
+/// The debootstrap command making `spec`'s tree in `tree`.
+fn debootstrap(spec: &BaseSpec, debs: &Path, tree: &Path) -> Cmd {
+    let mut cmd = Cmd::new("debootstrap")
+        .args(["--variant=minbase", "--merged-usr", "--force-check-gpg"])
+        .arg(format!("--keyring={}", spec.keyring.path.display()))
+        .arg(format!("--arch={}", spec.arch.debian()))
+        .arg(format!("--cache-dir={}", debs.display()));
+    if !spec.include.is_empty() {
+        cmd = cmd.arg(format!("--include={}", spec.include.join(",")));
+    }
+    cmd.arg(&spec.release).arg(tree).arg(&spec.mirror)
 }
 
 /// Unpacks a base tarball into `tree` (which must be empty or absent).
@@ -241,6 +290,7 @@ mod tests {
             arch: Arch::Amd64,
             mirror: "http://deb.debian.org/debian".into(),
             include: vec![],
+            keyring: Keyring { path: "/k.gpg".into(), sha256: "00".into() },
         }
     }
 
@@ -294,11 +344,32 @@ mod tests {
         let mut s = spec();
         s.include = vec!["vim".into()];
         keys.push(s.key());
+        let mut s = spec();
+        s.keyring.sha256 = "01".into();
+        keys.push(s.key());
         let mut sorted = keys.clone();
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), keys.len(), "{keys:?}");
         assert!(base.key().starts_with("debian-bookworm-amd64-minbase-"));
         assert_eq!(base.key(), spec().key(), "stable");
+    }
+
+    #[test]
+    fn debootstrap_always_checks_signatures_against_the_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("debian-archive-keyring.gpg");
+        let err = Keyring::open(&path).unwrap_err().to_string();
+        assert!(err.contains("debian-archive-keyring") && !err.contains('\n'), "{err}");
+        fs::write(&path, b"").unwrap();
+        assert!(matches!(Keyring::open(&path), Err(RootfsError::NoKeyring { .. })), "an empty keyring checks nothing");
+
+        fs::write(&path, b"keys").unwrap();
+        let ring = Keyring::open(&path).unwrap();
+        fs::write(&path, b"other keys").unwrap();
+        assert_ne!(Keyring::open(&path).unwrap().sha256, ring.sha256);
+        let cmd = debootstrap(&BaseSpec { keyring: ring, ..spec() }, Path::new("/debs"), Path::new("/tree")).display();
+        assert!(cmd.contains(" --force-check-gpg "), "{cmd}");
+        assert!(cmd.contains(&format!(" --keyring={} ", path.display())), "{cmd}");
     }
 }

@@ -5,6 +5,8 @@
 //! file, never added to apt's global keyring. A pin makes its packages win
 //! over Debian's. Unless the catalog says `keep`, all three files are
 //! registered on the teardown stack and removed once the database is in.
+//! Of the vendor's key file only the key with the catalog's fingerprint is
+//! installed: the file may carry other keys, which must not be trusted.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,11 @@ use anyhow::{Context, bail};
 
 use crate::catalog::VendorRepo;
 use crate::disk::guard::{Teardown, Undo};
-use crate::run::Cmd;
+use crate::run::{Cmd, Limits};
+
+/// Bounds for gpg reading a key file fetched from the network.
+const GPG_LIMITS: Limits =
+    Limits { memory: 1 << 30, cpu: std::time::Duration::from_secs(30), wall: std::time::Duration::from_secs(60) };
 
 /// Where the catalog's key files live, relative to the data directory.
 pub const KEYS_DIR: &str = "datastores/keys";
@@ -41,21 +47,42 @@ pub fn fetch_key(repo: &VendorRepo, data_dir: &Path, scratch: &Path) -> anyhow::
         }
         (None, None) => bail!("the catalog row's repo has no key"),
     };
-    let key = fs::read(&key_file)
-        .with_context(|| format!("reading the vendor's signing key {}", key_file.display()))?;
-    if let Some(want) = &repo.fingerprint {
-        let got = fingerprints(&key_file)?;
-        let want = normalise(want);
-        if !got.contains(&want) {
-            bail!(
-                "the signing key for {} has fingerprint(s) {} but the catalog expects {want}; \
-                 refusing to trust it",
-                repo.url,
-                got.join(", ")
-            );
-        }
+    let Some(want) = &repo.fingerprint else {
+        // A key file of the deployer's own data directory, no fingerprint
+        // to pick by: trusted as shipped.
+        return fs::read(&key_file)
+            .with_context(|| format!("reading the vendor's signing key {}", key_file.display()));
+    };
+    let got = fingerprints(&key_file)?;
+    let want = normalise(want);
+    if !got.contains(&want) {
+        bail!(
+            "the signing key for {} has fingerprint(s) {} but the catalog expects {want}; \
+             refusing to trust it",
+            repo.url,
+            got.join(", ")
+        );
     }
-    Ok(key)
+    only_key(&key_file, &want, scratch)
+}
+
+/// The key `fpr` alone out of `key_file`, armored, exported from a
+/// temporary keyring.
+fn only_key(key_file: &Path, fpr: &str, scratch: &Path) -> anyhow::Result<Vec<u8>> {
+    let home = tempfile::Builder::new().prefix("gnupg-").tempdir_in(scratch)?;
+    let gpg = || Cmd::new("gpg").args(["--batch", "--no-tty", "--quiet", "--homedir"]).arg(home.path()).limits(GPG_LIMITS);
+    let imported = gpg().arg("--import").arg(key_file).run();
+    let exported = imported.and_then(|()| gpg().args(["--armor", "--export", fpr]).output());
+    // Whatever gpg started for this keyring (an agent) goes with it.
+    let _ = Cmd::new("gpgconf").arg("--homedir").arg(home.path()).args(["--kill", "all"]).limits(GPG_LIMITS).run();
+    let key = exported.with_context(|| format!("taking key {fpr} out of {}", key_file.display()))?;
+    let check = home.path().join("only.asc");
+    fs::write(&check, &key)?;
+    let left = fingerprints(&check)?;
+    if left != [fpr] {
+        bail!("taking key {fpr} out of {} left {left:?}; refusing to trust it", key_file.display());
+    }
+    Ok(key.into_bytes())
 }
 
 fn normalise(fpr: &str) -> String {
@@ -67,6 +94,7 @@ fn fingerprints(key_file: &Path) -> anyhow::Result<Vec<String>> {
     let out = Cmd::new("gpg")
         .args(["--batch", "--with-colons", "--show-keys"])
         .arg(key_file)
+        .limits(GPG_LIMITS)
         .output()
         .with_context(|| format!("{} is not a readable OpenPGP key", key_file.display()))?;
     // A "fpr" record follows each "pub" record; subkeys' follow "sub".
@@ -222,21 +250,69 @@ redis-tools:
         assert_eq!(o["redis-tools"], "http://deb.debian.org/debian bookworm/main");
     }
 
-    #[test]
-    fn repo_files_are_scoped_and_removed_unless_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = VendorRepo {
+    fn repo(key: &str, fingerprint: Option<String>) -> VendorRepo {
+        VendorRepo {
             url: "http://127.0.0.1:1/repo".into(),
             suite: "bookworm".into(),
             components: vec!["main".into()],
-            key: Some("k.asc".into()),
+            key: Some(key.into()),
             key_url: None,
-            fingerprint: None,
-            pin: Some("o=Vendor".into()),
+            fingerprint,
+            pin: None,
             pin_priority: 1001,
             keep: false,
             terms: None,
-        };
+        }
+    }
+
+    /// Runs gpg on the keyring in `home`, returning its stdout.
+    fn gpg(home: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("gpg")
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--homedir"])
+            .arg(home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn only_the_catalogs_key_is_taken_from_a_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("gnupg");
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        for who in ["vendor <v@test.invalid>", "intruder <i@test.invalid>"] {
+            gpg(&home, &["--quick-gen-key", who, "ed25519", "sign", "never"]);
+        }
+        let keys_dir = dir.path().join(KEYS_DIR);
+        fs::create_dir_all(&keys_dir).unwrap();
+        fs::write(keys_dir.join("two.asc"), gpg(&home, &["--armor", "--export"])).unwrap();
+        let vendor = gpg(&home, &["--with-colons", "--list-keys", "v@test.invalid"])
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:").map(|r| r.trim_matches(':').to_string()))
+            .unwrap();
+        let _ = std::process::Command::new("gpgconf").arg("--homedir").arg(&home).args(["--kill", "all"]).status();
+        assert_eq!(fingerprints(&keys_dir.join("two.asc")).unwrap().len(), 2);
+
+        let repo = repo("two.asc", Some(vendor.clone()));
+        let scratch = tempfile::tempdir().unwrap();
+        let key = fetch_key(&repo, dir.path(), scratch.path()).unwrap();
+        let installed = dir.path().join("installed.asc");
+        fs::write(&installed, &key).unwrap();
+        assert_eq!(fingerprints(&installed).unwrap(), [vendor], "exactly the catalog's key");
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0, "the temporary keyring is gone");
+
+        let wrong = VendorRepo { fingerprint: Some("0".repeat(40)), ..repo };
+        let err = fetch_key(&wrong, dir.path(), scratch.path()).unwrap_err().to_string();
+        assert!(err.contains("refusing to trust it"), "{err}");
+    }
+
+    #[test]
+    fn repo_files_are_scoped_and_removed_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = VendorRepo { pin: Some("o=Vendor".into()), ..repo("k.asc", None) };
         let mut td = Teardown::new(None);
         configure(&mut td, dir.path(), "redis", &repo, b"KEY").unwrap();
         let f = files(dir.path(), "redis");
