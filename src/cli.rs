@@ -324,6 +324,11 @@ pub struct PublishOptions {
     /// creation date (default: the settings' `rotate`).
     #[arg(long)]
     pub rotate: bool,
+    /// Publish with visibility public or community although the image carries
+    /// the guest agent's configuration (message-bus credentials every
+    /// project could then read).
+    #[arg(long)]
+    pub force_public_credentials: bool,
     /// Which cloud.
     #[command(flatten)]
     pub cloud: CloudArgs,
@@ -431,12 +436,13 @@ pub struct MakeArgs {
 pub struct TestArgs {
     /// The QCOW2 image (its manifest beside it names the database).
     pub image: PathBuf,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub memory: u32,
+    /// Give up after this many seconds [default: 600 for amd64, 1800 for
+    /// ppc64le, whose POWER machine QEMU emulates about three times slower].
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Guest memory in MiB [default: 1024 for amd64, 2048 for ppc64le].
+    #[arg(long)]
+    pub memory: Option<u32>,
 }
 
 /// Output formats for listings.

@@ -423,3 +423,27 @@ fn resolv_conf_linked_to_a_host_file_is_set_aside_not_written() {
     assert!(stat.contains("Type: symlink"), "the image's own link is back: {stat}");
     scratch.assert_clean();
 }
+
+/// The guest agent's transport_url (message-bus credentials) must not be
+/// published to every project by accident.
+#[test]
+fn credentials_are_not_published_to_every_project_unless_forced() {
+    require_root();
+    let scratch = Scratch::new();
+    let inputs = scratch.dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let image = disk(&inputs, "creds", &tree(&inputs, "/home/dba"));
+    let settings = inputs.join("settings.yaml");
+    std::fs::write(&settings, "guest_agent:\n  transport_url: \"rabbit://trove:bus-secret-4471@192.0.2.10:5672/\"\n  region: RegionB\n").unwrap();
+    let img = image.to_str().unwrap();
+    for visibility in ["public", "community"] {
+        let mut c = scratch.cmd();
+        c.env("DBIMAGE_SETTINGS", &settings).env_remove("OS_CLOUD").env_remove("OS_AUTH_URL");
+        c.args(["upload", "-d", "postgresql", "-v", "15", "-f", img, "--visibility", visibility]);
+        let out = run(c);
+        let case = format!("upload --visibility {visibility} with a transport_url");
+        assert_refused(&case, &out, "--force-public-credentials");
+        assert!(!stderr(&out).contains("bus-secret-4471"), "{case}: the secret was printed");
+        assert_nothing_left(&case, &scratch);
+    }
+}

@@ -60,6 +60,9 @@ pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
     if plan.guest_agent.is_some() {
         let from_cloud = given_conf.or_else(|| controller.map(|c| c.guest_agent_conf));
         plan.guest_agent_conf = guest_agent_conf(&settings, from_cloud.as_deref())?;
+        if plan.publish {
+            publish::check_credentials_visibility(plan.guest_agent_conf.is_some(), &args.publish)?;
+        }
         if plan.guest_agent_conf.is_none() {
             tracing::warn!(
                 "the image gets the Trove guest agent but no configuration (no controller, no guest_agent values \

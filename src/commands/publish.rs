@@ -1,6 +1,7 @@
 //! `dbimage publish` (and the publishing step of `make`): check the image,
 //! resolve what Glance and Trove should hold, log in, publish, report.
 
+use crate::image::patch;
 use crate::host_tools::{self, Group};
 use std::path::Path;
 
@@ -90,12 +91,40 @@ fn publish_target(
     extra: &[(&str, &str)],
     opts: &PublishOptions,
 ) -> anyhow::Result<()> {
+    check_credentials_visibility(carries_credentials(image), opts)?;
     let rotate = opts.rotate || settings.rotate;
     let name = if rotate { crate::cloud::rotate::latest_name(name) } else { name.to_string() };
     let spec = PublishSpec { rotate, ..spec(settings, image, &name, target, info, extra, opts)? };
     let session = login(&opts.cloud)?;
     report(&spec, &publish::publish(&session, &spec)?);
     Ok(())
+}
+
+/// Refuses to publish an image carrying the guest agent's credentials to
+/// every project (`public`, `community`) unless forced.
+pub fn check_credentials_visibility(carries: bool, opts: &PublishOptions) -> Result<(), UsageError> {
+    let everyone = matches!(opts.visibility, Visibility::Public | Visibility::Community);
+    if carries && everyone && !opts.force_public_credentials {
+        return Err(UsageError(
+            "the image carries the guest agent's configuration (its transport_url holds message-bus credentials), \
+             which every project could read with this visibility; publish it private or shared, leave the \
+             configuration to Trove's injection, or pass --force-public-credentials"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the manifest beside `image` says the guest agent configuration
+/// was written into it (at build time, or by `upload`).
+fn carries_credentials(image: &Path) -> bool {
+    let Ok(raw) = std::fs::read(manifest::path_beside(image)) else { return false };
+    let Ok(m) = serde_json::from_slice::<serde_json::Value>(&raw) else { return false };
+    let built = m.pointer("/guest_agent/configured").and_then(|c| c.as_bool()).unwrap_or(false);
+    let patched = m.pointer("/patched/patches").and_then(|p| p.as_array()).is_some_and(|p| {
+        p.iter().filter_map(|x| x.as_str()).any(|x| x.starts_with(patch::GUEST_AGENT_WRITTEN))
+    });
+    built || patched
 }
 
 /// Resolves the cloud settings and logs in.
@@ -336,6 +365,35 @@ fn report(spec: &PublishSpec, p: &Published) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_stay_out_of_public_images_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("x.qcow2");
+        let manifest = crate::build::manifest::path_beside(&image);
+        assert!(!carries_credentials(&image), "no manifest, nothing known");
+        std::fs::write(&manifest, r#"{"guest_agent": {"configured": true}}"#).unwrap();
+        assert!(carries_credentials(&image));
+        std::fs::write(&manifest, r#"{"patched": {"patches": ["guest agent configuration written to /etc/x"]}}"#).unwrap();
+        assert!(carries_credentials(&image));
+        std::fs::write(&manifest, r#"{"guest_agent": {"configured": false}, "patched": {"patches": []}}"#).unwrap();
+        assert!(!carries_credentials(&image));
+        let opts = |visibility, force| PublishOptions {
+            visibility,
+            keep_image: false,
+            rotate: false,
+            force_public_credentials: force,
+            cloud: CloudArgs { os_cloud: None, os_region_name: None },
+        };
+        for v in [Visibility::Public, Visibility::Community] {
+            assert!(check_credentials_visibility(true, &opts(v, false)).is_err());
+            assert!(check_credentials_visibility(true, &opts(v, true)).is_ok());
+            assert!(check_credentials_visibility(false, &opts(v, false)).is_ok());
+        }
+        for v in [Visibility::Private, Visibility::Shared] {
+            assert!(check_credentials_visibility(true, &opts(v, false)).is_ok());
+        }
+    }
 
     #[test]
     fn names_and_arches() {

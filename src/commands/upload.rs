@@ -116,6 +116,9 @@ fn plan(args: &UploadArgs, settings: &Settings) -> anyhow::Result<Request> {
 
     let controller = controller::fetch(settings)?;
     let guest_agent = guest_agent_conf(settings, controller.as_ref().map(|c| c.guest_agent_conf.as_str()))?;
+    if !args.no_publish {
+        publish::check_credentials_visibility(guest_agent.is_some(), &args.publish)?;
+    }
     if guest_agent.is_none() {
         tracing::warn!(
             "no controller and no guest_agent values in the settings: the image's guest agent configuration is left as it is"

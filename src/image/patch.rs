@@ -13,6 +13,9 @@ use crate::disk::image_root::{ImageRoot, RootError};
 /// Where Trove's guest agent reads its configuration.
 pub const GUEST_AGENT_CONF: &str = "etc/trove/conf.d/trove-guestagent.conf";
 
+/// How the patch list (and a manifest) says the configuration was written.
+pub const GUEST_AGENT_WRITTEN: &str = "guest agent configuration written to";
+
 /// The most of /etc/passwd or the embedded manifest dbimage reads.
 const READ_LIMIT: u64 = 16 << 20;
 
@@ -92,7 +95,7 @@ pub fn write_guest_agent(root: &ImageRoot, text: &str) -> Result<String, PatchEr
     let dir = root.mkdir_all(dir_rel, 0o755)?;
     let owner = root.owner(&dir, dir_rel)?;
     root.replace(&dir, &format!("/{GUEST_AGENT_CONF}"), name, text.as_bytes(), 0o640, owner)?;
-    Ok(format!("guest agent configuration written to /{GUEST_AGENT_CONF}"))
+    Ok(format!("{GUEST_AGENT_WRITTEN} /{GUEST_AGENT_CONF}"))
 }
 
 /// Removes the SSH host keys (regenerated at first boot: clones must not
