@@ -438,10 +438,10 @@ pub struct TestArgs {
     pub image: PathBuf,
     /// Give up after this many seconds [default: 600 for amd64, 1800 for
     /// ppc64le, whose POWER machine QEMU emulates about three times slower].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
     /// Guest memory in MiB [default: 1024 for amd64, 2048 for ppc64le].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(256..))]
     pub memory: Option<u32>,
 }
 

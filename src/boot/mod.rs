@@ -22,7 +22,7 @@ use crate::arch::Arch;
 use crate::catalog::Resolved;
 use crate::run::{Cmd, RunError};
 
-use self::qemu::{QEMU_X86_64, Qemu, QemuConfig};
+use self::qemu::{Machine, Qemu, QemuConfig};
 use self::seed::{SETUP_DONE_MARKER, SETUP_FAILED_MARKER, SeedError};
 
 /// The only address the guest's database is ever exposed on.
@@ -52,6 +52,10 @@ pub const PORT_TRIES: u32 = 5;
 /// forward before the guest runs, so this is QEMU's start-up alone.
 const LISTEN_LIMIT: Duration = Duration::from_secs(60);
 
+/// How long an amd64 guest gets to answer by default; other machines get
+/// this times their [`Machine::slowdown`].
+pub const AMD64_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// What QEMU says when the forwarded port cannot be bound.
 const HOSTFWD_FAILED: &str = "Could not set up host forwarding rule";
 
@@ -66,13 +70,22 @@ pub struct BootOptions {
     pub cpus: u32,
 }
 
-impl Default for BootOptions {
-    fn default() -> BootOptions {
+impl BootOptions {
+    /// The defaults for an image of `arch`: an emulated POWER machine needs
+    /// more time and memory than an amd64 one.
+    pub fn for_arch(arch: Arch) -> BootOptions {
+        let machine = Machine::of(arch);
         BootOptions {
-            timeout: Duration::from_secs(600),
-            memory_mib: 1024,
+            timeout: AMD64_TIMEOUT * machine.slowdown,
+            memory_mib: machine.memory_mib,
             cpus: 2,
         }
+    }
+}
+
+impl Default for BootOptions {
+    fn default() -> BootOptions {
+        BootOptions::for_arch(Arch::Amd64)
     }
 }
 
@@ -94,14 +107,6 @@ pub struct BootReport {
 /// Why a boot test did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// Only amd64 guests can be booted for now.
-    #[error(
-        "booting {arch} images needs qemu-system-ppc64 and is not supported by `dbimage test` yet"
-    )]
-    UnsupportedArch {
-        /// The image's architecture.
-        arch: Arch,
-    },
     /// The image file does not exist.
     #[error("image {} not found", path.display())]
     ImageMissing {
@@ -136,8 +141,12 @@ pub enum BootError {
     #[error(transparent)]
     Seed(#[from] SeedError),
     /// QEMU could not be started.
-    #[error("cannot start {QEMU_X86_64}: {source} (is qemu-system-x86 installed?)")]
+    #[error("cannot start {program}: {source} (is {package} installed?)")]
     QemuSpawn {
+        /// The emulator.
+        program: &'static str,
+        /// The Debian package that provides it.
+        package: &'static str,
         /// Why.
         source: io::Error,
     },
@@ -220,8 +229,8 @@ fn fmt_lines(title: &str, lines: &[String]) -> String {
 
 fn fmt_console(lines: &[String]) -> String {
     if lines.is_empty() {
-        // Usually the kernel command line lacks console=ttyS0.
-        "; the serial console (ttyS0) stayed empty".to_string()
+        // Usually the kernel command line lacks console=ttyS0 (or hvc0).
+        "; the guest's console stayed empty".to_string()
     } else {
         fmt_lines("last console lines", lines)
     }
@@ -276,14 +285,14 @@ pub fn pick_host_port() -> io::Result<u16> {
 /// [`PORT_TRIES`] times. Returns once QEMU itself listens on the port
 /// (`config.host_port`).
 pub fn start_qemu(
-    program: &str,
     config: &mut QemuConfig,
     mut pick: impl FnMut() -> io::Result<u16>,
 ) -> Result<Qemu, BootError> {
     let mut said = Vec::new();
+    let Machine { program, package, .. } = config.machine;
     for _ in 0..PORT_TRIES {
         config.host_port = pick().map_err(io_err("finding a free port on 127.0.0.1"))?;
-        let mut qemu = Qemu::spawn(program, config).map_err(|source| BootError::QemuSpawn { source })?;
+        let mut qemu = Qemu::spawn(program, config).map_err(|source| BootError::QemuSpawn { program, package, source })?;
         match qemu.wait_listening(config.host_port, LISTEN_LIMIT) {
             Ok(()) => return Ok(qemu),
             Err(status) => {
@@ -353,9 +362,6 @@ pub fn boot_and_probe(
     ds: &Resolved,
     opts: &BootOptions,
 ) -> Result<BootReport, BootError> {
-    if ds.arch != Arch::Amd64 {
-        return Err(BootError::UnsupportedArch { arch: ds.arch });
-    }
     if !image.is_file() {
         return Err(BootError::ImageMissing {
             path: image.to_path_buf(),
@@ -381,13 +387,15 @@ pub fn boot_and_probe(
         .tempdir()
         .map_err(io_err("creating a temporary directory"))?;
     let instance = uuid::Uuid::new_v4().simple().to_string();
+    let machine = Machine::of(ds.arch);
     let seed = seed::make_seed(
         dir.path(),
-        &seed::user_data(&guest_setup_script(ds, &password)),
+        &seed::user_data(&guest_setup_script(ds, &password), machine.console_tty),
         &seed::meta_data(&format!("dbimage-test-{}", &instance[..12])),
     )?;
 
     let mut config = QemuConfig {
+        machine,
         image: image.clone(),
         seed,
         memory_mib: opts.memory_mib,
@@ -398,15 +406,18 @@ pub fn boot_and_probe(
         qemu_log: dir.path().join("qemu.log"),
     };
     tracing::info!(
-        "booting {} under QEMU (software emulation, usually a few minutes); {} port {}",
+        "booting {} ({}) under {} (software emulation, usually a few minutes; at most {} s); {} port {}",
         image.display(),
+        ds.arch,
+        machine.program,
+        opts.timeout.as_secs(),
         ds.db,
         ds.port
     );
     if crate::run::cancelled() {
         return Err(BootError::Interrupted);
     }
-    let mut qemu = start_qemu(QEMU_X86_64, &mut config, pick_host_port)?;
+    let mut qemu = start_qemu(&mut config, pick_host_port)?;
     tracing::info!("{} port {} → {HOST}:{}", ds.db, ds.port, config.host_port);
     let result = wait_for_answer(&mut qemu, &config, ds, &password, opts.timeout);
     qemu.stop();
@@ -678,7 +689,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = seed::make_seed(
             dir.path(),
-            &seed::user_data(&guest_setup_script(&ds, &password)),
+            &seed::user_data(&guest_setup_script(&ds, &password), "ttyS0"),
             &seed::meta_data("dbimage-test-x"),
         )
         .unwrap();
@@ -716,29 +727,35 @@ mod tests {
         TcpListener::bind((HOST, port)).unwrap();
     }
 
-    /// A real QEMU (a blank disk: it boots nothing) and a port this test
-    /// holds: QEMU cannot bind it and another one is tried.
-    #[test]
-    fn boot_tries_another_port_when_qemu_cannot_bind() {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("blank.qcow2");
+    /// A guest of `machine` with a blank disk (it boots nothing) in `dir`.
+    fn blank_guest(dir: &Path, machine: Machine, memory_mib: u32) -> QemuConfig {
+        let image = dir.join("blank.qcow2");
         Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("16M").output().unwrap();
-        let seed = dir.path().join("seed.img");
+        let seed = dir.join("seed.img");
         std::fs::write(&seed, vec![0u8; 1 << 20]).unwrap();
-        let held = TcpListener::bind((HOST, 0)).unwrap();
-        let taken = held.local_addr().unwrap().port();
-        let mut config = QemuConfig {
+        QemuConfig {
+            machine,
             image,
             seed,
-            memory_mib: 64,
+            memory_mib,
             cpus: 1,
             host_port: 0,
             guest_port: 22,
-            console_log: dir.path().join("console.log"),
-            qemu_log: dir.path().join("qemu.log"),
-        };
+            console_log: dir.join("console.log"),
+            qemu_log: dir.join("qemu.log"),
+        }
+    }
+
+    /// A real QEMU and a port this test holds: QEMU cannot bind it and
+    /// another one is tried.
+    #[test]
+    fn boot_tries_another_port_when_qemu_cannot_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = TcpListener::bind((HOST, 0)).unwrap();
+        let taken = held.local_addr().unwrap().port();
+        let mut config = blank_guest(dir.path(), qemu::AMD64, 64);
         let mut picks = 0;
-        let qemu = start_qemu(QEMU_X86_64, &mut config, || {
+        let qemu = start_qemu(&mut config, || {
             picks += 1;
             if picks <= 2 { Ok(taken) } else { pick_host_port() }
         })
@@ -747,10 +764,23 @@ mod tests {
         assert_ne!(config.host_port, taken);
         drop(qemu);
 
-        let err = start_qemu(QEMU_X86_64, &mut config, || Ok(taken)).unwrap_err();
+        let err = start_qemu(&mut config, || Ok(taken)).unwrap_err();
         assert!(matches!(err, BootError::NoPort { tries: PORT_TRIES, .. }), "{err}");
         assert!(err.to_string().contains(&format!("in {PORT_TRIES} tries")), "{err}");
         assert!(err.to_string().contains(HOSTFWD_FAILED), "{err}");
+    }
+
+    /// The real qemu-system-ppc64 takes the pseries arguments (board,
+    /// capabilities, CPU, disks, NIC) and listens, without a warning.
+    #[test]
+    fn boot_ppc64le_qemu_starts_with_our_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = blank_guest(dir.path(), qemu::PPC64LE, 512);
+        let mut qemu = start_qemu(&mut config, pick_host_port).unwrap();
+        assert!(qemu.try_wait().unwrap().is_none());
+        qemu.stop();
+        let said = std::fs::read_to_string(&config.qemu_log).unwrap();
+        assert!(!said.contains("warning"), "{said}");
     }
 
     #[test]
@@ -775,16 +805,16 @@ mod tests {
     }
 
     #[test]
-    fn boot_refuses_ppc64le_and_missing_clients() {
+    fn boot_refuses_missing_images_and_clients() {
         let mut ds = postgres();
         ds.arch = Arch::Ppc64le;
         let err = boot_and_probe(
             Path::new("/nonexistent.qcow2"),
             &ds,
-            &BootOptions::default(),
+            &BootOptions::for_arch(Arch::Ppc64le),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("needs qemu-system-ppc64"), "{err}");
+        assert!(matches!(err, BootError::ImageMissing { .. }), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("x.qcow2");
@@ -793,5 +823,13 @@ mod tests {
         ds.test.probe[0] = "dbimage-no-such-client".into();
         let err = boot_and_probe(&image, &ds, &BootOptions::default()).unwrap_err();
         assert!(matches!(err, BootError::ProbeMissing { .. }), "{err}");
+    }
+
+    #[test]
+    fn boot_emulated_power_gets_more_time_and_memory() {
+        let amd64 = BootOptions::default();
+        assert_eq!((amd64.timeout, amd64.memory_mib), (AMD64_TIMEOUT, 1024));
+        let ppc = BootOptions::for_arch(Arch::Ppc64le);
+        assert_eq!((ppc.timeout, ppc.memory_mib), (AMD64_TIMEOUT * 3, 2048));
     }
 }

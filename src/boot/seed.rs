@@ -47,16 +47,17 @@ pub fn meta_data(instance_id: &str) -> String {
 }
 
 /// The cloud-init `user-data` that runs `setup_script` as root and reports
-/// its outcome on the serial console.
+/// its outcome on the guest's console device `console_tty` (`ttyS0`,
+/// `hvc0`), the one QEMU captures.
 ///
 /// `setup_script` must already have its placeholders substituted.
-pub fn user_data(setup_script: &str) -> String {
+pub fn user_data(setup_script: &str, console_tty: &str) -> String {
     // JSON strings are valid YAML double-quoted scalars, so quoting the
     // script this way survives any quotes, colons or indentation inside it.
     let content = json_quote(setup_script);
     let report = format!(
         "if sh {GUEST_SCRIPT}; then echo {SETUP_DONE_MARKER}; \
-         else echo \"{SETUP_FAILED_MARKER} exit $?\"; fi > /dev/ttyS0 2>&1 || true"
+         else echo \"{SETUP_FAILED_MARKER} exit $?\"; fi > /dev/{console_tty} 2>&1 || true"
     );
     format!(
         "#cloud-config\n\
@@ -132,7 +133,7 @@ mod tests {
     fn boot_seed_is_a_readable_cidata_disk() {
         let dir = tempfile::tempdir().unwrap();
         let script = "psql -c \"ALTER USER postgres PASSWORD 'abc'\"\nfoo: bar # not yaml\n";
-        let img = make_seed(dir.path(), &user_data(script), &meta_data("dbimage-test-1")).unwrap();
+        let img = make_seed(dir.path(), &user_data(script, "ttyS0"), &meta_data("dbimage-test-1")).unwrap();
 
         let listing = mtools(&["mdir", "::"], &img);
         assert!(listing.contains("CIDATA"), "{listing}");
@@ -143,7 +144,7 @@ mod tests {
         assert!(md.contains("instance-id: dbimage-test-1"), "{md}");
 
         // A second seed in the same directory replaces the first.
-        make_seed(dir.path(), &user_data("true"), &meta_data("dbimage-test-2")).unwrap();
+        make_seed(dir.path(), &user_data("true", "ttyS0"), &meta_data("dbimage-test-2")).unwrap();
         let md = mtools(&["mtype", "::meta-data"], &img);
         assert!(md.contains("dbimage-test-2"), "{md}");
     }
@@ -151,7 +152,7 @@ mod tests {
     #[test]
     fn boot_user_data_round_trips_the_script() {
         let script = "a: 'b'\n  \"c\"\t\\d\n";
-        let ud = user_data(script);
+        let ud = user_data(script, "hvc0");
         // Every quoted scalar is JSON; check the script comes back intact.
         let content = ud
             .lines()
@@ -160,5 +161,6 @@ mod tests {
         let back: String = serde_json::from_str(content).unwrap();
         assert_eq!(back, script);
         assert!(ud.contains(SETUP_DONE_MARKER) && ud.contains(SETUP_FAILED_MARKER));
+        assert!(ud.contains("> /dev/hvc0 2>&1") && !ud.contains("ttyS0"), "{ud}");
     }
 }

@@ -16,10 +16,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let ds = manifest::read_beside(&args.image).map_err(|e| UsageError(e.to_string()))?.datastore;
     let boot = if ds.arch == crate::arch::Arch::Ppc64le { Group::BootPpc64le } else { Group::Boot };
     host_tools::require(&[Group::Boot, boot], &ds.test.probe.iter().take(1).map(String::as_str).collect::<Vec<_>>())?;
+    let defaults = BootOptions::for_arch(ds.arch);
     let opts = BootOptions {
-        timeout: Duration::from_secs(args.timeout),
-        memory_mib: args.memory,
-        ..BootOptions::default()
+        timeout: args.timeout.map_or(defaults.timeout, Duration::from_secs),
+        memory_mib: args.memory.unwrap_or(defaults.memory_mib),
+        ..defaults
     };
     let report = match boot::boot_and_probe(&args.image, &ds, &opts) {
         Ok(report) => report,
@@ -41,4 +42,26 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         println!("{}", report.probe_stdout);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use crate::arch::Arch;
+    use crate::boot::BootOptions;
+    use crate::cli::Cli;
+
+    /// `dbimage test --help` states the defaults the code applies.
+    #[test]
+    fn boot_test_help_names_the_default_timeouts() {
+        let mut cli = Cli::command();
+        let help = cli.find_subcommand_mut("test").unwrap().render_long_help().to_string();
+        for arch in [Arch::Amd64, Arch::Ppc64le] {
+            let opts = BootOptions::for_arch(arch);
+            let timeout = format!("{} for {arch}", opts.timeout.as_secs());
+            let memory = format!("{} for {arch}", opts.memory_mib);
+            assert!(help.contains(&timeout) && help.contains(&memory), "{timeout}, {memory}: {help}");
+        }
+    }
 }
