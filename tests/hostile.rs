@@ -447,3 +447,28 @@ fn credentials_are_not_published_to_every_project_unless_forced() {
         assert_nothing_left(&case, &scratch);
     }
 }
+
+/// An `-s` script may hold secrets: its text reaches neither the output,
+/// the manifest, nor the image (it runs from a file that is removed).
+#[test]
+fn the_script_text_stays_out_of_logs_and_manifest() {
+    require_root();
+    let scratch = Scratch::new();
+    let inputs = scratch.dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let image = disk(&inputs, "script", &tree(&inputs, "/home/dba"));
+    let img = image.to_str().unwrap();
+    let script = "echo ran-it; true # db-password=s3cret-in-script-9931";
+    let out = dbimage_in(&scratch, &inputs, &["upload", "-d", "postgresql", "-v", "15", "-f", img, "-s", script, "--no-publish"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(shown.contains("ran-it"), "the script ran: {shown}");
+    assert!(!shown.contains("s3cret-in-script-9931"), "the script's text was printed: {shown}");
+    let manifest = std::fs::read_to_string(scratch.out().join("script-patched.json")).unwrap();
+    assert!(!manifest.contains("s3cret-in-script-9931"), "{manifest}");
+    assert!(manifest.contains("ran the -s script in the image (sha256 "), "{manifest}");
+    let patched = scratch.out().join("script-patched.qcow2");
+    let (tmp, _) = debugfs_in_partition(&patched, Some(0), "ls /tmp");
+    assert!(!tmp.contains("dbimage-script"), "the script file is gone: {tmp}");
+    scratch.assert_clean();
+}

@@ -1,12 +1,9 @@
 //! The JSON manifest written beside every image.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::plan::Install;
 use crate::catalog::{DbRequest, Resolved};
@@ -144,20 +141,8 @@ pub fn parse_package_list(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
+/// SHA-256 of a file (the one definition is in `digest`).
+pub use crate::digest::sha256_file;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! Glance v2: create an image record, stream the file into it (never held in
 //! memory), check Glance's checksum against ours, wait for `active`.
 
+use crate::digest::hex;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
@@ -325,10 +326,6 @@ fn read_chunks(
         }
     }
     Ok(Digests { md5: hex(&md5.finalize()), sha512: hex(&sha512.finalize()), size })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ const SECRET_KEY_PARTS: [&str; 6] = ["url", "password", "secret", "pass", "token
 /// way, values of keys that look like credentials are registered for
 /// redaction before anything can print them.
 pub fn guest_agent_conf(settings: &Settings, controller: Option<&str>) -> anyhow::Result<Option<String>> {
-    let is_secret = |key: &str| SECRET_KEY_PARTS.iter().any(|p| key.to_lowercase().contains(p));
+    let is_secret = is_secret_key;
     if let Some(text) = controller {
         for (key, value) in text.lines().filter_map(|l| l.split_once('=')) {
             if is_secret(key) {
@@ -61,6 +61,13 @@ pub fn guest_agent_conf(settings: &Settings, controller: Option<&str>) -> anyhow
     })?;
     let template = element.path.join("templates/trove-guestagent.conf.j2");
     Ok(Some(patch::render_guest_agent(&template, &settings.guest_agent)?))
+}
+
+/// Whether a configuration key names a credential: it contains one of
+/// [`SECRET_KEY_PARTS`], or is a key (`key`, `ssl_key`, `api-key`).
+fn is_secret_key(key: &str) -> bool {
+    let key = key.trim().to_lowercase();
+    SECRET_KEY_PARTS.iter().any(|p| key.contains(p)) || key == "key" || key.ends_with("_key") || key.ends_with("-key")
 }
 
 /// Registers a credential value for redaction, and the password of a URL
@@ -149,6 +156,16 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_keys_are_recognised() {
+        for key in ["transport_url", "admin_password", "ssl_key", "api-key", "Key", "auth_token", "connection"] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in ["region", "debug", "keyring", "datastore_manager", "key_type_name"] {
+            assert!(!is_secret_key(key), "{key}");
+        }
+    }
 
     #[test]
     fn causes_are_shown_once() {

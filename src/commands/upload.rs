@@ -216,14 +216,23 @@ fn run_script(td: &mut Teardown, root: &Path, script: &str) -> anyhow::Result<St
         binfmt::ensure(arch)?;
     }
     let mark = chroot::enter(td, root, None)?;
-    tracing::info!("running in the image: {script}");
-    let result = chroot::command(root, ["/bin/sh", "-c", script], &[]).output();
+    // The text may hold secrets: it goes to the image's /tmp as a file (not
+    // into process arguments), and only its digest into logs and manifest.
+    let digest = &crate::digest::sha256(script.as_bytes())[..16];
+    let name = format!(".dbimage-script-{}", std::process::id());
+    let tree = ImageRoot::open(root)?;
+    let tmp = tree.mkdir_all("tmp", 0o755)?;
+    tree.replace(&tmp, &format!("/tmp/{name}"), &name, script.as_bytes(), 0o700, (0, 0))?;
+    tracing::info!("running the -s script in the image (sha256 {digest}…)");
+    let result = chroot::command(root, ["/bin/sh".to_string(), format!("/tmp/{name}")], &[]).output();
+    let removed = tree.remove("tmp", &name);
     td.unwind_to(mark).map_err(anyhow::Error::msg)?;
     let out = result.map_err(|e| anyhow::anyhow!("-s command failed, nothing published: {e}"))?;
+    removed?;
     if !out.trim().is_empty() {
         println!("{}", out.trim_end());
     }
-    Ok(format!("ran in the image: {script} (exit 0)"))
+    Ok(format!("ran the -s script in the image (sha256 {digest}…, exit 0)"))
 }
 
 /// The image's architecture, from its shell binary (a regular file in

@@ -303,7 +303,7 @@ impl Worker<'_> {
 /// Starts `dbimage <kind> <args…>` for a job, its output appended to `log`
 /// (an attempt handed back and run again keeps its first part).
 fn spawn(job: &Job, log: &Path) -> std::io::Result<Child> {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = crate::logging::private_file(log, true)?;
     let parent = nix::unistd::getpid();
     // This very binary, even if a package upgrade replaced the file.
     let mut cmd = Command::new("/proc/self/exe");
