@@ -3,6 +3,8 @@
 //! refusals of bad `-p` input.
 
 mod common;
+#[path = "common/answer.rs"]
+mod answer;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -99,7 +101,14 @@ impl Drop for VendorRepo {
     }
 }
 
+/// [`vendor_repo_with`] holding Debian's packages as they are.
 fn vendor_repo(dir: &Path, packages: &[&str]) -> VendorRepo {
+    vendor_repo_with(dir, packages, |_| {})
+}
+
+/// A vendor repository of `packages`, changed by `rebrand` in its pool
+/// before the indexes are made and signed.
+fn vendor_repo_with(dir: &Path, packages: &[&str], rebrand: impl FnOnce(&Path)) -> VendorRepo {
     let gnupg = dir.join("gnupg");
     std::fs::create_dir_all(&gnupg).unwrap();
     std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -126,6 +135,7 @@ fn vendor_repo(dir: &Path, packages: &[&str]) -> VendorRepo {
     let pool = repo.join("pool");
     std::fs::create_dir_all(&pool).unwrap();
     download(&pool, packages);
+    rebrand(&pool);
     std::fs::create_dir_all(repo.join("dists/bookworm/main/binary-amd64")).unwrap();
     sh(
         "apt-ftparchive packages pool > dists/bookworm/main/binary-amd64/Packages && \
@@ -187,8 +197,8 @@ fn fetch(port: u16, path: &str) -> Option<Vec<u8>> {
 }
 
 /// A data directory of our own: the real catalog and elements, the test
-/// key in datastores/keys/, and `row` appended to redis.yaml.
-fn data_dir_with_redis_row(scratch: &Scratch, key: &Path, key_name: &str, row: &str) -> PathBuf {
+/// key in datastores/keys/, and `row` appended to `db`.yaml.
+fn data_dir_with_row(scratch: &Scratch, key: &Path, key_name: &str, db: &str, row: &str) -> PathBuf {
     let data = scratch.dir.path().join("data");
     std::fs::create_dir_all(data.join("datastores/keys")).unwrap();
     let project = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -199,47 +209,89 @@ fn data_dir_with_redis_row(scratch: &Scratch, key: &Path, key_name: &str, row: &
     }
     std::os::unix::fs::symlink(project.join("elements"), data.join("elements")).unwrap();
     std::fs::copy(key, data.join("datastores/keys").join(key_name)).unwrap();
-    let mut yaml = std::fs::read_to_string(data.join("datastores/redis.yaml")).unwrap();
+    let catalog = data.join(format!("datastores/{db}.yaml"));
+    let mut yaml = std::fs::read_to_string(&catalog).unwrap();
     yaml.push_str(row);
-    std::fs::write(data.join("datastores/redis.yaml"), yaml).unwrap();
+    std::fs::write(&catalog, yaml).unwrap();
     data
 }
 
+/// What the vendor's MariaDB adds to its server's version string.
+const VENDOR_MARKER: &str = "dbimage-test-vendor";
+
+/// Turns Debian's mariadb-server in `pool` into a vendor's own: a higher
+/// version (`+dbimagevendor1`) and a configuration file that makes the
+/// server report [`VENDOR_MARKER`] in `select version()`, so the answer of
+/// the booted image tells which package it came from.
+fn rebrand_mariadb_server(pool: &Path) {
+    let deb = std::fs::read_dir(pool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mariadb-server_")))
+        .expect("mariadb-server downloaded");
+    let tree = pool.with_file_name("mariadb-server-tree");
+    sh(&format!("dpkg-deb -R {} {}", deb.display(), tree.display()), pool);
+    let control_path = tree.join("DEBIAN/control");
+    let control = std::fs::read_to_string(&control_path).unwrap();
+    let debian = control.lines().find_map(|l| l.strip_prefix("Version: ")).unwrap().to_string();
+    // 1:10.11.19-0+deb12u1 → 10.11.19: keeping the real number lets the
+    // server's own upgrade check (debian-start) agree with the client.
+    let upstream = debian.split_once(':').map_or(&debian[..], |(_, v)| v).split('-').next().unwrap().to_string();
+    std::fs::write(&control_path, control.replace(&format!("Version: {debian}\n"), &format!("Version: {debian}+dbimagevendor1\n"))).unwrap();
+    std::fs::write(
+        tree.join("etc/mysql/mariadb.conf.d/90-dbimage-test-vendor.cnf"),
+        format!("[mariadbd]\nversion = {upstream}-MariaDB-{VENDOR_MARKER}\n"),
+    )
+    .unwrap();
+    std::fs::remove_file(&deb).unwrap();
+    sh(&format!("dpkg-deb --build --root-owner-group {} mariadb-server_vendor.deb && rm -r {}", tree.display(), tree.display()), pool);
+}
+
+/// The vendor path end to end: MariaDB from a signed repository served
+/// here, built, then booted and queried; the answer must come from the
+/// vendor's package, not Debian's.
 #[test]
-fn community_edition_from_a_local_signed_repository() {
+fn community_edition_from_a_local_signed_repository_boots_and_answers() {
     require_root();
     let scratch = Scratch::new();
-    let repo = vendor_repo(scratch.dir.path(), &["redis-server", "redis-tools"]);
+    let repo = vendor_repo_with(scratch.dir.path(), &["mariadb-server", "mariadb-client"], rebrand_mariadb_server);
 
     let row = format!(
-        "  - source: community\n    release: bookworm\n    arch: [amd64]\n    version: \"7.0\"\n    \
-         packages: [redis-server, redis-tools]\n    repo:\n      url: http://127.0.0.1:{}\n      \
+        "  - source: community\n    release: bookworm\n    arch: [amd64]\n    version: \"10.11\"\n    \
+         packages: [mariadb-server, mariadb-client]\n    repo:\n      url: http://127.0.0.1:{}\n      \
          suite: bookworm\n      components: [main]\n      key: test-vendor.asc\n      \
          fingerprint: {}\n      pin: o=dbimage-test-vendor\n",
         repo.port, repo.fingerprint
     );
-    let data = data_dir_with_redis_row(&scratch, &repo.key, "test-vendor.asc", &row);
+    let data = data_dir_with_row(&scratch, &repo.key, "test-vendor.asc", "mariadb", &row);
 
     let (image, manifest) = make_image(
         &scratch,
-        &["-d", "redis", "-v", "7.0", "-c", "--compression", "zstd"],
+        &["-d", "mariadb", "-v", "10.11", "-c", "--compression", "zstd"],
         &[("DBIMAGE_DATA_DIR", &data)],
     );
     let name = image.file_name().unwrap().to_string_lossy().to_string();
-    assert!(name.starts_with("redis-7.0-c-dib-"), "{name}");
+    assert!(name.starts_with("mariadb-10.11-c-dib-"), "{name}");
     assert_eq!(manifest["datastore"]["source"], "community");
-    let origin = manifest["origins"]["redis-server"].as_str().unwrap();
+    let origin = manifest["origins"]["mariadb-server"].as_str().unwrap();
     assert!(origin.starts_with(&format!("http://127.0.0.1:{}", repo.port)), "{origin}");
+    let version = manifest["database_packages"]["mariadb-server"].as_str().unwrap_or_default();
+    assert!(version.ends_with("+dbimagevendor1"), "mariadb-server {version:?} is not the vendor's");
     // The repository, its key and its pin are gone from the image.
     let leftovers: Vec<String> = [
-        ("/etc/apt/sources.list.d", "dbimage-redis"),
-        ("/usr/share/keyrings", "dbimage-redis"),
-        ("/etc/apt/preferences.d", "dbimage-redis"),
+        ("/etc/apt/sources.list.d", "dbimage-mariadb"),
+        ("/usr/share/keyrings", "dbimage-mariadb"),
+        ("/etc/apt/preferences.d", "dbimage-mariadb"),
     ]
     .iter()
     .flat_map(|(dir, prefix)| list_image_dir(&image, dir).into_iter().filter(move |f| f.starts_with(prefix)))
     .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    drop(repo);
+    let said = answer::answer_within(&scratch, &image, "mariadb", 480);
+    assert!(said.contains(VENDOR_MARKER), "the answer is not from the vendor's mariadb-server: {said}");
 }
 
 #[test]
@@ -247,10 +299,11 @@ fn a_vendor_key_with_the_wrong_fingerprint_is_refused() {
     require_root();
     let scratch = Scratch::new();
     let repo = vendor_repo(scratch.dir.path(), &["redis-tools"]);
-    let data = data_dir_with_redis_row(
+    let data = data_dir_with_row(
         &scratch,
         &repo.key,
         "k.asc",
+        "redis",
         "  - source: community\n    release: bookworm\n    arch: [amd64]\n    version: \"7.0\"\n    \
          packages: [redis-server]\n    repo:\n      url: http://127.0.0.1:1\n      suite: bookworm\n      \
          components: [main]\n      key: k.asc\n      fingerprint: 0000 1111 2222 3333 4444 5555 6666 7777 8888 9999\n",
