@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 
 use minijinja::Value;
 
-use super::playbook::{Playbook, Vars};
+use super::playbook::{Playbook, PlaybookError, TaskError, Vars};
 use super::ssh::{Connection, Target, quote};
 use crate::arch::Arch;
 use crate::build::manifest;
 use crate::build::plan::Plan;
 use crate::cli::{Compression, MakeArgs};
+use crate::commands::UsageError;
 use crate::run::Cmd;
 use crate::settings::{AgentSource, Settings};
 
@@ -107,6 +108,9 @@ impl BuildVm {
             if e.is_lost() {
                 tracing::warn!("if {host} could not be reached again, remove {work} there by hand");
             }
+            if let PlaybookError::Task { error: TaskError::Refused(_), .. } = &e {
+                return Err(UsageError(format!("the build VM {e}")).into());
+            }
             return Err(e.into());
         }
         self.conn.close();
@@ -117,6 +121,7 @@ impl BuildVm {
             .and_then(|b| b.get_attr("stdout").ok())
             .and_then(|s| s.as_str().map(str::to_string))
             .unwrap_or_default();
+        image_name(&name).map_err(|e| UsageError(format!("refusing the build VM's image name: {e}; nothing was kept")))?;
         let image = fetch_dir.path().join(&name);
         let info = manifest::read_beside(&image)?;
         let sum = manifest::sha256_file(&image)?;
@@ -135,6 +140,16 @@ impl BuildVm {
         std::fs::rename(&image, &dest)?;
         Ok(dest)
     }
+}
+
+/// Checks the image file name the build VM reported: it becomes a local
+/// path, so one plain component ending in `.qcow2`.
+fn image_name(name: &str) -> Result<(), String> {
+    super::playbook::check_plain_name(name)?;
+    if name.strip_suffix(".qcow2").is_none_or(str::is_empty) {
+        return Err(format!("{name:?} does not end in .qcow2"));
+    }
+    Ok(())
 }
 
 /// The remote build's environment: the data files just copied and the
@@ -254,4 +269,18 @@ fn copy_into(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vms_image_name_is_one_plain_qcow2_name() {
+        image_name("postgresql-15-dib-2026-11-24.qcow2").unwrap();
+        for bad in ["../x.qcow2", "/etc/x.qcow2", "sub/x.qcow2", ".x.qcow2", "a.qcow2\nb.qcow2", "x.sh", ".qcow2", ""] {
+            let e = image_name(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{bad:?}: {e}");
+        }
+    }
 }

@@ -62,6 +62,10 @@ pub enum TaskError {
     /// A local file could not be read or written.
     #[error("{0}")]
     Local(String),
+    /// The remote side asked for a local write dbimage does not make (a
+    /// fetch destination outside its directory, hidden, or a symlink).
+    #[error("{0}")]
+    Refused(String),
     /// The remote side failed.
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -331,6 +335,7 @@ impl Task {
             Action::Fetch(t) => {
                 let src = render(env, &t.src, vars)?;
                 let dest = local(&render(env, &t.dest, vars)?);
+                check_fetch_dest(&dest)?;
                 let size = conn.download(&src, &dest, self.become_root)?;
                 if let Some(r) = &self.register {
                     vars.insert(r.clone(), Value::from(BTreeMap::from([("size".to_string(), Value::from(size))])));
@@ -354,6 +359,35 @@ impl Task {
         }
         Ok(())
     }
+}
+
+/// Refuses a file name that is not one plain, visible component: a name
+/// the remote side chose must not reach another directory or hide.
+pub fn check_plain_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("{name:?} is not a file name"));
+    }
+    if name.contains('/') || name.starts_with('.') || name.chars().any(char::is_control) {
+        return Err(format!(
+            "{name:?} is not a plain file name (no '/', no leading '.', no control characters)"
+        ));
+    }
+    Ok(())
+}
+
+/// A fetch writes one plain file name into an existing directory, never
+/// through `..` or a symlink (the name may come from the remote host).
+fn check_fetch_dest(dest: &Path) -> Result<(), TaskError> {
+    let refuse = |why: String| TaskError::Refused(format!("refusing to fetch into {}: {why}", dest.display().to_string().escape_debug()));
+    if dest.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(refuse("the path climbs out with '..'".into()));
+    }
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    check_plain_name(&name).map_err(refuse)?;
+    if dest.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(refuse("it is a symbolic link".into()));
+    }
+    Ok(())
 }
 
 /// Parses `--secret KEY=VALUE` pairs and registers their values for
@@ -429,6 +463,20 @@ mod tests {
         assert_eq!(render(&env, "echo {{ x | quote }}", &vars).unwrap(), r"echo 'it'\''s $HOME'");
         let e = render(&env, "{{ missing }}", &vars).unwrap_err().to_string();
         assert!(e.contains("undefined"), "{e}");
+    }
+
+    #[test]
+    fn fetch_destinations_stay_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for bad in ["../x.qcow2", "sub/../../x", ".hidden.qcow2", "a\nb.qcow2", ".."] {
+            let e = check_fetch_dest(&d.join(bad)).unwrap_err();
+            assert!(matches!(e, TaskError::Refused(_)) && !e.to_string().contains('\n'), "{bad:?}: {e}");
+        }
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link.qcow2")).unwrap();
+        assert!(check_fetch_dest(&d.join("link.qcow2")).unwrap_err().to_string().contains("symbolic link"));
+        check_fetch_dest(&d.join("pg-15-dib-2026-11-24.qcow2")).unwrap();
+        assert!(check_plain_name("x/y").is_err() && check_plain_name("").is_err());
     }
 
     #[test]

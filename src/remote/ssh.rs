@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::fs;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -291,13 +292,26 @@ impl Connection {
         }
     }
 
-    /// Copies a remote file to `dest`, through a temporary file beside it,
-    /// so `dest` appears complete or not at all.
+    /// Copies a remote file to `dest`, through a new temporary file beside
+    /// it, so `dest` appears complete or not at all.
     pub fn download(&self, src: &str, dest: &Path, become_root: bool) -> Result<u64, RemoteError> {
         let mut part = dest.as_os_str().to_owned();
         part.push(".dbimage-part");
         let part = PathBuf::from(part);
-        let file = fs::File::create(&part).map_err(|e| RemoteError::Setup(format!("{}: {e}", part.display())))?;
+        // A new file, never through a symlink planted at its name.
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&part)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => RemoteError::Setup(format!(
+                    "{} is in the way (left over, or planted); remove it and fetch again",
+                    part.display()
+                )),
+                _ => RemoteError::Setup(format!("{}: {e}", part.display())),
+            })?;
         tracing::debug!("[{}] fetch {src} -> {}", self.target, dest.display());
         let result = self
             .pipe(&format!("cat {}", quote(src)), Stdio::null(), Stdio::from(OwnedFd::from(file)), become_root)
@@ -374,14 +388,19 @@ impl Drop for Connection {
 /// at the end or on a read error.
 async fn next_line<R: tokio::io::AsyncRead + Unpin>(reader: &mut Option<BufReader<R>>, buf: &mut Vec<u8>) -> Option<String> {
     let r = reader.as_mut()?;
-    buf.clear();
+    // `buf` is cleared only once a line is taken: a call cancelled by
+    // select! leaves what it read there, and this call continues it (a
+    // last line without a newline was lost otherwise).
     match r.read_until(b'\n', buf).await {
-        Ok(0) | Err(_) => None,
+        Err(_) => None,
+        Ok(0) if buf.is_empty() => None,
         Ok(_) => {
             if buf.last() == Some(&b'\n') {
                 buf.pop();
             }
-            Some(String::from_utf8_lossy(buf).into_owned())
+            let line = String::from_utf8_lossy(buf).into_owned();
+            buf.clear();
+            Some(line)
         }
     }
 }
