@@ -47,6 +47,22 @@ pub enum SettingsError {
         /// The settings file or the environment variable.
         from: String,
     },
+    /// The work directory could be written by someone else: whoever can
+    /// plant files there chooses what dbimage (root) mounts, runs and undoes.
+    #[error(
+        "work directory {path} {why}, so another user could plant what dbimage runs as root; check what \
+         is inside, then `chown {uid} {path} && chmod 0700 {path}` (or remove it, or set work_dir / \
+         DBIMAGE_WORK_DIR elsewhere)",
+        path = path.display()
+    )]
+    UnsafeWorkDir {
+        /// The work directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+        /// The effective uid it must belong to.
+        uid: u32,
+    },
     /// `guest_agent_install` (or its variables) names no usable source.
     #[error("{from}: {msg}")]
     GuestAgentInstall {
@@ -302,6 +318,65 @@ impl Settings {
     }
 }
 
+/// Makes `dir` the work directory of this user alone: created 0700 when
+/// missing; an existing one must be a directory (not a link) owned by the
+/// effective uid and writable by no one else, as must its parent unless
+/// sticky (`/var/tmp`).
+pub fn secure_work_dir(dir: &Path) -> Result<(), SettingsError> {
+    if let Err(e) = dir.symlink_metadata()
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        create_private_dir(dir)?;
+    }
+    check_work_dir(dir)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), SettingsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let unusable = |e: std::io::Error| SettingsError::UnsafeWorkDir {
+        path: dir.to_path_buf(),
+        why: format!("cannot be created ({e})"),
+        uid: nix::unistd::geteuid().as_raw(),
+    };
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(unusable)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        // Someone made it first: the checks decide.
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(unusable(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an existing work directory someone else could write (see
+/// [`secure_work_dir`]).
+pub fn check_work_dir(dir: &Path) -> Result<(), SettingsError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    let refuse = |why: String| SettingsError::UnsafeWorkDir { path: dir.to_path_buf(), why, uid };
+    let meta = dir.symlink_metadata().map_err(|e| refuse(format!("cannot be read ({e})")))?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse("is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("is not a directory".into()));
+    }
+    if meta.uid() != uid {
+        return Err(refuse(format!("belongs to uid {}, not {uid}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!("is writable by others (mode {:04o})", meta.mode() & 0o7777)));
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(p) = parent.metadata()
+        && p.mode() & 0o022 != 0
+        && p.mode() & 0o1000 == 0
+    {
+        return Err(refuse(format!("is in {}, which others can write without the sticky bit", parent.display())));
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Whether images of `release` for `arch` get the security suite.
     pub fn security_for(&self, release: &str, arch: Arch) -> bool {
@@ -442,6 +517,38 @@ mod tests {
             rotate: false,
             queue: None,
         }
+    }
+
+    #[test]
+    fn the_work_directory_is_made_private_and_a_shared_one_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("a/work");
+        secure_work_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        secure_work_dir(&dir).unwrap();
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = secure_work_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("writable by others (mode 0777)") && e.contains("chmod 0700") && !e.contains('\n'), "{e}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // The owner is checked too (root's test run gives it away).
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let e = secure_work_dir(&dir).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+        }
+
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path().join("a"), &link).unwrap();
+        assert!(secure_work_dir(&link).unwrap_err().to_string().contains("symbolic link"));
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = secure_work_dir(&open.join("work")).unwrap_err().to_string();
+        assert!(e.contains("without the sticky bit"), "{e}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        secure_work_dir(&open.join("work")).unwrap();
     }
 
     #[test]

@@ -66,11 +66,10 @@ pub fn build(plan: &Plan, elements: &[Element]) -> anyhow::Result<Outcome> {
     // anything is made.
     let keyring =
         rootfs::Keyring::open(&plan.debian_keyring).map_err(|e| crate::commands::UsageError(e.to_string()))?;
+    crate::settings::secure_work_dir(&plan.work_dir).map_err(|e| crate::commands::UsageError(e.to_string()))?;
     if plan.emulated {
         crate::disk::binfmt::ensure(plan.request.arch)?;
     }
-    fs::create_dir_all(&plan.work_dir)
-        .with_context(|| format!("creating work directory {}", plan.work_dir.display()))?;
     let work = plan.work_dir.join(format!("{}-{}", plan.name, std::process::id()));
     fs::create_dir(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut td = Teardown::new(Some(work.join("state.json")));

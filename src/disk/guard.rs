@@ -4,7 +4,9 @@
 //! Each mount, loop device, partition mapping and temporary directory is
 //! pushed here as an [`Undo`] the moment it exists. The stack is written to
 //! a state file after every change, so a build killed with SIGKILL can still
-//! be cleaned up later by `dbimage cleanup`, which replays that file.
+//! be cleaned up later by `dbimage cleanup`, which replays that file, but
+//! only the steps confined to the work directory: a state file is data, and
+//! a step naming a host path is refused whoever wrote it.
 //! Dropping the stack unwinds it; [`Teardown::unwind_to`] undoes a suffix
 //! early (e.g. the chroot's /proc once the hooks are done).
 
@@ -68,6 +70,26 @@ pub enum Undo {
 }
 
 impl Undo {
+    /// Whether replaying this step from a state file touches only what a
+    /// build makes under `work`: paths inside it, loop devices backed by a
+    /// file inside it, a qemu-storage-daemon serving a file inside it.
+    pub fn confined_to(&self, work: &Path) -> Result<(), String> {
+        match self {
+            Undo::Unmount { path } | Undo::RemoveDir { path } | Undo::RemoveFile { path } => inside(work, path),
+            Undo::Restore { path, backup } => {
+                inside(work, path)?;
+                backup.as_deref().map_or(Ok(()), |b| inside(work, b))
+            }
+            Undo::DetachLoop { device } | Undo::DeletePartitions { device } => loop_inside(work, device),
+            Undo::StopDaemon { comm, mount, .. } => {
+                if comm != "qemu-storage-daemon" {
+                    return Err(format!("{comm:?} is not a daemon dbimage starts"));
+                }
+                mount.as_deref().map_or(Err("a daemon without its export".into()), |m| inside(work, m))
+            }
+        }
+    }
+
     /// Reverses the side effect; already-undone effects are not an error.
     pub fn undo(&self) -> Result<(), String> {
         match self {
@@ -99,6 +121,39 @@ impl Undo {
                 }
             }
         }
+    }
+}
+
+/// `path` lies below `work`, spelled without `.` or `..`, and stays there
+/// once links are resolved (as far as it exists).
+fn inside(work: &Path, path: &Path) -> Result<(), String> {
+    let outside = || Err(format!("{} is outside the work directory {}", path.display(), work.display()));
+    let plain = path.is_absolute()
+        && path.components().skip(1).all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain || !path.starts_with(work) || path == work {
+        return outside();
+    }
+    let Ok(work) = work.canonicalize() else { return outside() };
+    let existing = path.ancestors().find(|a| a.symlink_metadata().is_ok()).unwrap_or(path);
+    match existing.canonicalize() {
+        Ok(real) if real.starts_with(&work) && real != work => Ok(()),
+        // A dangling link left where a file was: removing it follows nothing.
+        Err(_) if existing == path && existing.parent().and_then(|p| p.canonicalize().ok()).is_some_and(|p| p.starts_with(&work)) => Ok(()),
+        _ => outside(),
+    }
+}
+
+/// `device` is a loop device that is detached or backed by a file inside `work`.
+fn loop_inside(work: &Path, device: &Path) -> Result<(), String> {
+    let name = device.strip_prefix("/dev").ok().and_then(|n| n.to_str()).unwrap_or_default();
+    let number = name.strip_prefix("loop").unwrap_or_default();
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{} is not a loop device", device.display()));
+    }
+    match fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")) {
+        Ok(backing) => inside(work, Path::new(backing.trim_end_matches('\n')))
+            .map_err(|e| format!("{} is backed by a file elsewhere: {e}", device.display())),
+        Err(_) => Ok(()),
     }
 }
 
@@ -328,8 +383,14 @@ impl Drop for Teardown {
 
 /// Replays a state file left by a run that died; returns what was undone.
 ///
-/// Refuses while the owning process is still alive.
-pub fn replay_state_file(path: &Path) -> Result<Vec<Undo>, String> {
+/// Refuses while the owning process is still alive, and a file someone
+/// else owns; steps not confined to `work` are left out with a warning.
+pub fn replay_state_file(path: &Path, work: &Path) -> Result<Vec<Undo>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = path.symlink_metadata().map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!("{} is not a state file of this user's; not replayed", path.display()));
+    }
     let raw = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let state: State = serde_json::from_slice(&raw)
         .map_err(|e| format!("{} is not a dbimage state file: {e}", path.display()))?;
@@ -340,8 +401,19 @@ pub fn replay_state_file(path: &Path) -> Result<Vec<Undo>, String> {
             path.display()
         ));
     }
-    let done = state.stack.clone();
-    let mut td = Teardown { stack: state.stack, state_file: Some(path.to_path_buf()) };
+    let stack: Vec<Undo> = state
+        .stack
+        .into_iter()
+        .filter(|u| match u.confined_to(work) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("{}: not undoing {u:?}: {e}; check it by hand", path.display());
+                false
+            }
+        })
+        .collect();
+    let done = stack.clone();
+    let mut td = Teardown { stack, state_file: Some(path.to_path_buf()) };
     td.unwind_to(Mark(0))?;
     Ok(done)
 }
@@ -380,9 +452,42 @@ mod tests {
         // pid 0 is never a live build.
         let s = State { pid: 0, stack: vec![Undo::RemoveDir { path: victim.clone() }] };
         fs::write(&state, serde_json::to_vec(&s).unwrap()).unwrap();
-        let undone = replay_state_file(&state).unwrap();
+        let undone = replay_state_file(&state, dir.path()).unwrap();
         assert_eq!(undone.len(), 1);
         assert!(!victim.exists());
         assert!(!state.exists());
+    }
+
+    #[test]
+    fn replay_undoes_only_what_lies_in_the_work_directory() {
+        let host = tempfile::tempdir().unwrap();
+        let canary = host.path().join("canary");
+        fs::write(&canary, "host file").unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        let ours = w.join("build-1/tree");
+        fs::create_dir_all(&ours).unwrap();
+        std::os::unix::fs::symlink(host.path(), w.join("build-1/link")).unwrap();
+        let hostile = [
+            Undo::RemoveFile { path: canary.clone() },
+            Undo::RemoveFile { path: w.join("build-1/../../").join(canary.strip_prefix("/").unwrap()) },
+            Undo::RemoveFile { path: w.join("build-1/link/canary") },
+            Undo::Restore { path: w.join("build-1/x"), backup: Some(canary.clone()) },
+            Undo::RemoveDir { path: w.to_path_buf() },
+            Undo::Unmount { path: "/proc".into() },
+            Undo::DetachLoop { device: "/dev/sda".into() },
+            Undo::StopDaemon { pid: 1, comm: "systemd".into(), mount: None },
+        ];
+        for u in &hostile {
+            assert!(u.confined_to(w).is_err(), "{u:?}");
+        }
+        let mut stack = vec![Undo::RemoveDir { path: ours.clone() }];
+        stack.extend(hostile.iter().cloned());
+        let state = w.join("build-1/state.json");
+        fs::write(&state, serde_json::to_vec(&State { pid: 0, stack }).unwrap()).unwrap();
+        let undone = replay_state_file(&state, w).unwrap();
+        assert_eq!(undone, [Undo::RemoveDir { path: ours.clone() }]);
+        assert!(!ours.exists());
+        assert_eq!(fs::read_to_string(&canary).unwrap(), "host file");
     }
 }
