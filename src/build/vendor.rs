@@ -63,17 +63,20 @@ pub fn fetch_key(repo: &VendorRepo, data_dir: &Path, scratch: &Path) -> anyhow::
             got.join(", ")
         );
     }
-    only_key(&key_file, &want, scratch)
+    only_key(&key_file, &want)
 }
 
 /// The key `fpr` alone out of `key_file`, armored, exported from a
 /// temporary keyring.
-fn only_key(key_file: &Path, fpr: &str, scratch: &Path) -> anyhow::Result<Vec<u8>> {
-    let home = tempfile::Builder::new().prefix("gnupg-").tempdir_in(scratch)?;
+fn only_key(key_file: &Path, fpr: &str) -> anyhow::Result<Vec<u8>> {
+    // gpg 2.2's import asks an agent about secret keys and fails without
+    // one; the agent's socket must fit in a short path, so the keyring
+    // lives in the system's temporary directory, not the work directory.
+    let home = tempfile::Builder::new().prefix("dbimage-gpg-").tempdir()?;
     let gpg = || Cmd::new("gpg").args(["--batch", "--no-tty", "--quiet", "--homedir"]).arg(home.path()).limits(GPG_LIMITS);
     let imported = gpg().arg("--import").arg(key_file).run();
     let exported = imported.and_then(|()| gpg().args(["--armor", "--export", fpr]).output());
-    // Whatever gpg started for this keyring (an agent) goes with it.
+    // The agent gpg started for this keyring goes with it.
     let _ = Cmd::new("gpgconf").arg("--homedir").arg(home.path()).args(["--kill", "all"]).limits(GPG_LIMITS).run();
     let key = exported.with_context(|| format!("taking key {fpr} out of {}", key_file.display()))?;
     let check = home.path().join("only.asc");
@@ -297,15 +300,18 @@ redis-tools:
         assert_eq!(fingerprints(&keys_dir.join("two.asc")).unwrap().len(), 2);
 
         let repo = repo("two.asc", Some(vendor.clone()));
-        let scratch = tempfile::tempdir().unwrap();
-        let key = fetch_key(&repo, dir.path(), scratch.path()).unwrap();
+        // As deep as a build's work directory can be: too deep for gpg-agent's socket.
+        let top = tempfile::tempdir().unwrap();
+        let scratch = top.path().join("w".repeat(120));
+        fs::create_dir(&scratch).unwrap();
+        let key = fetch_key(&repo, dir.path(), &scratch).unwrap();
         let installed = dir.path().join("installed.asc");
         fs::write(&installed, &key).unwrap();
         assert_eq!(fingerprints(&installed).unwrap(), [vendor], "exactly the catalog's key");
-        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0, "the temporary keyring is gone");
+        assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0, "the temporary keyring is gone");
 
         let wrong = VendorRepo { fingerprint: Some("0".repeat(40)), ..repo };
-        let err = fetch_key(&wrong, dir.path(), scratch.path()).unwrap_err().to_string();
+        let err = fetch_key(&wrong, dir.path(), &scratch).unwrap_err().to_string();
         assert!(err.contains("refusing to trust it"), "{err}");
     }
 
