@@ -49,8 +49,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Flavor(args) => commands::flavor::run(args),
         Command::Publish(args) => commands::publish::run(args),
-        Command::Upload(args) => private_work_dir().and_then(|()| commands::upload::run(args)),
-        Command::Import(args) => private_work_dir().and_then(|()| commands::import::run(args)),
+        Command::Upload(args) => commands::upload::run(args),
+        Command::Import(args) => commands::import::run(args),
         Command::Playbook(args) => commands::playbook::run(args),
         Command::Prune(args) => commands::prune::run(args),
         Command::Queue(args) => commands::queue::run(args),
@@ -58,12 +58,4 @@ fn main() -> ExitCode {
         Command::Jobs(args) => commands::jobs::run(args),
     };
     commands::exit(result)
-}
-
-/// `upload` and `import` make their scratch directories in the work
-/// directory, which must be private before they do (`make` checks it in
-/// its pipeline).
-fn private_work_dir() -> anyhow::Result<()> {
-    let settings = settings::Settings::load()?;
-    settings::secure_work_dir(&settings.work_dir).map_err(|e| commands::UsageError(e.to_string()).into())
 }

@@ -166,6 +166,17 @@ impl Cmd {
         }
     }
 
+    /// Runs the program as the first process of a PID namespace of its
+    /// own (`unshare --pid --fork --kill-child`): when it ends, or dbimage
+    /// dies (even by SIGKILL), the kernel ends everything it started, so no
+    /// orphaned apt, dpkg or hook outlives the build.
+    pub fn contained(mut self) -> Cmd {
+        let inner = std::mem::replace(&mut self.program, OsString::from("unshare"));
+        let flags = ["--pid", "--fork", "--kill-child"].map(OsString::from);
+        self.args = flags.into_iter().chain(std::iter::once(inner)).chain(std::mem::take(&mut self.args)).collect();
+        self
+    }
+
     /// Bounds the program's memory, processor and wall-clock time.
     pub fn limits(mut self, limits: Limits) -> Cmd {
         self.limits = Some(limits);
@@ -319,8 +330,12 @@ impl Cmd {
         if status.success() {
             Ok(captured)
         } else {
-            let tail = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-            Err(RunError::Failed { cmd: shown, status, tail })
+            let mut tail: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+            // Captured output is not in the tail; a failure shows its end too.
+            let out: Vec<String> = captured.lines().rev().take(TAIL_LINES).map(redact).collect();
+            tail.splice(0..0, out.into_iter().rev());
+            let skip = tail.len().saturating_sub(TAIL_LINES);
+            Err(RunError::Failed { cmd: shown, status, tail: tail.split_off(skip) })
         }
     }
 }
@@ -409,6 +424,39 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("`sh -c 'echo first; echo second >&2; exit 3'` failed"), "{msg}");
         assert!(msg.contains("first") && msg.contains("second"), "{msg}");
+    }
+
+    /// Processes whose command line is exactly `argv` (NUL-separated).
+    fn running(argv: &[u8]) -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == argv))
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn a_contained_program_takes_its_descendants_along() {
+        // The shell leaves a sleeping grandchild behind and exits; the
+        // duration marks it as this test's.
+        let leave = |secs: &str| format!("sleep {secs} >/dev/null 2>&1 & exit 0");
+        Cmd::new("sh").args(["-c", &leave("297.25")]).contained().run().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(running(b"sleep\0297.25\0").is_empty(), "the grandchild outlived its namespace");
+        // Without it, the grandchild stays (which is what the test must see fail).
+        Cmd::new("sh").args(["-c", &leave("297.5")]).run().unwrap();
+        let left = running(b"sleep\0297.5\0");
+        assert_eq!(left.len(), 1, "an uncontained grandchild is left");
+        nix::sys::signal::kill(Pid::from_raw(left[0]), Signal::SIGKILL).unwrap();
+        assert_eq!(Cmd::new("true").contained().display(), "unshare --pid --fork --kill-child true");
+    }
+
+    #[test]
+    fn a_failure_shows_captured_output_too() {
+        let err = Cmd::new("sh").args(["-c", "echo on-stdout; echo on-stderr >&2; exit 3"]).output().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("on-stdout") && msg.contains("on-stderr"), "{msg}");
     }
 
     #[test]

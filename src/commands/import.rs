@@ -41,6 +41,8 @@ struct Request {
 /// Runs `dbimage import`.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let settings = Settings::load()?;
+    // Scratch directories go there: it must be private first.
+    crate::settings::secure_work_dir(&settings.work_dir).map_err(|e| UsageError(e.to_string()))?;
     host_tools::require(&[Group::Image], &[])?;
     let req = plan(&args, &settings)?;
     check_and_convert(&req, &settings)?;

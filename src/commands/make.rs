@@ -28,6 +28,8 @@ pub struct NotPublished {
 
 /// Runs `dbimage make`.
 pub fn run(mut args: MakeArgs) -> anyhow::Result<()> {
+    // First, before any thread: mounts die with this process.
+    crate::disk::namespace::enter_private()?;
     let settings = Settings::load()?;
     // A dry run stays offline.
     if !args.dry_run {

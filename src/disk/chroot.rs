@@ -134,6 +134,7 @@ where
     Cmd::new("chroot")
         .arg(root)
         .args(argv)
+        .contained()
         .env_clear()
         .envs(base_env())
         .envs(env.iter().cloned())

@@ -75,7 +75,10 @@ impl Undo {
     /// file inside it, a qemu-storage-daemon serving a file inside it.
     pub fn confined_to(&self, work: &Path) -> Result<(), String> {
         match self {
-            Undo::Unmount { path } | Undo::RemoveDir { path } | Undo::RemoveFile { path } => inside(work, path),
+            Undo::Unmount { path } | Undo::RemoveDir { path } => inside(work, path),
+            // Beside outputs, builds write `.NAME.partial-PID`; only such a
+            // name is removed outside the work directory.
+            Undo::RemoveFile { path } => inside(work, path).or_else(|e| if is_partial(path) { Ok(()) } else { Err(e) }),
             Undo::Restore { path, backup } => {
                 inside(work, path)?;
                 backup.as_deref().map_or(Ok(()), |b| inside(work, b))
@@ -122,6 +125,20 @@ impl Undo {
             }
         }
     }
+}
+
+/// `path` is a partial output of dbimage's own (`.NAME.partial-PID`) in a
+/// directory reached without links.
+fn is_partial(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let pid = name.rsplit_once(".partial-").map(|(_, pid)| pid).unwrap_or("");
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    name.starts_with('.')
+        && !pid.is_empty()
+        && pid.chars().all(|c| c.is_ascii_digit())
+        && path.is_absolute()
+        && dir.canonicalize().is_ok_and(|real| real == dir)
+        && path.symlink_metadata().is_ok_and(|m| m.is_file())
 }
 
 /// `path` lies below `work`, spelled without `.` or `..`, and stays there
@@ -196,7 +213,8 @@ fn unmount_below(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn is_mounted(path: &Path) -> bool {
+/// Whether something is mounted on `path` (in this mount namespace).
+pub fn is_mounted(path: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -255,6 +273,7 @@ fn kill_processes_under(path: &Path) {
 }
 
 fn detach_loop(device: &Path) -> Result<(), String> {
+    super::loopback::release(device);
     if !device.exists() {
         return Ok(());
     }
@@ -456,6 +475,21 @@ mod tests {
         assert_eq!(undone.len(), 1);
         assert!(!victim.exists());
         assert!(!state.exists());
+    }
+
+    #[test]
+    fn partial_outputs_are_recognised_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        let partial = real.join(".pg-15.qcow2.partial-4242");
+        std::fs::write(&partial, b"").unwrap();
+        assert!(is_partial(&partial));
+        for name in ["pg-15.qcow2", ".pg.partial-", ".pg.partial-12x", "passwd"] {
+            std::fs::write(real.join(name), b"").unwrap();
+            assert!(!is_partial(&real.join(name)), "{name}");
+        }
+        std::os::unix::fs::symlink(&real, real.join("link")).unwrap();
+        assert!(!is_partial(&real.join("link/.pg-15.qcow2.partial-4242")), "reached through a link");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! too: the bootloader is installed onto it and needs to see its partitions
 //! as children of one disk.
 
+use std::sync::Mutex;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -84,11 +85,12 @@ fn attach_free_with(
     let mut last = None;
     for _ in 0..10 {
         let dev: LoopDevice = control.next_free().map_err(err)?;
-        match options(&dev).attach(image) {
+        match options(&dev).autoclear(true).attach(image) {
             Ok(()) => {
                 let path = dev.path().ok_or_else(|| {
                     err(io::Error::other("attached loop device has no path"))
                 })?;
+                hold(&path, dev);
                 return Ok(path);
             }
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => last = Some(e),
@@ -96,6 +98,25 @@ fn attach_free_with(
         }
     }
     Err(err(last.unwrap_or_else(|| io::Error::other("no free loop device"))))
+}
+
+/// Open descriptors of the loop devices this process attached. Every
+/// device is attached with autoclear, which frees it at its last close: this
+/// descriptor keeps it until the teardown stack detaches it, or until the
+/// process dies, SIGKILL included, when the kernel closes it.
+static HELD: Mutex<Vec<(PathBuf, LoopDevice)>> = Mutex::new(Vec::new());
+
+fn hold(path: &Path, dev: LoopDevice) {
+    if let Ok(mut held) = HELD.lock() {
+        held.push((path.to_path_buf(), dev));
+    }
+}
+
+/// Closes this process's descriptor of `device` (before detaching it).
+pub fn release(device: &Path) {
+    if let Ok(mut held) = HELD.lock() {
+        held.retain(|(p, _)| p != device);
+    }
 }
 
 fn wait_for_node(path: &Path) -> Result<(), LoopError> {

@@ -9,4 +9,5 @@ pub mod image_root;
 pub mod layout;
 pub mod loopback;
 pub mod mount;
+pub mod namespace;
 pub mod qcow2;

@@ -418,3 +418,42 @@ pub fn boot_and_answer(scratch: &Scratch, image: &Path, db: &str) {
     assert!(stdout.contains(&format!("{db} answered")), "{stdout}");
     scratch.assert_clean();
 }
+
+/// Processes (other than this one) whose command line, working directory
+/// or root lies under `dir`.
+pub fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().to_string();
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()) && n != me))
+        .filter_map(|e| {
+            let cmdline = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+            let links = ["cwd", "root"].map(|l| std::fs::read_link(e.path().join(l)).unwrap_or_default());
+            let inside = cmdline.contains(&needle) || links.iter().any(|l| l.starts_with(dir));
+            inside.then(|| format!("{} {}", e.file_name().to_string_lossy(), cmdline.trim()))
+        })
+        .collect()
+}
+
+/// After a SIGKILL of dbimage, and without `dbimage cleanup`: within a
+/// minute the kernel has ended its processes, dropped its private mount
+/// namespace and freed its autoclear loop devices. Panics naming what is left.
+pub fn assert_nothing_left_after_kill(dir: &Path) {
+    let root = dir.to_string_lossy().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let loops: Vec<String> = losetup_all().lines().filter(|l| l.contains(&root)).map(str::to_string).collect();
+        let procs = processes_under(dir);
+        let mounts = mounts_below(dir);
+        if loops.is_empty() && procs.is_empty() && mounts.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a minute after SIGKILL, still left: loop devices {loops:?}, processes {procs:?}, mounts {mounts:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
