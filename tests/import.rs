@@ -162,7 +162,7 @@ fn bad_requests_are_refused_before_anything_is_done() {
         (&raw, &["--no-publish", "-d", "postgresql"], "-d and -v go together"),
         (&raw, &["--no-publish", "-v", "15"], "-d and -v go together"),
         (&raw, &["--no-publish", "-d", "nosuchdb", "-v", "1"], "unknown database"),
-        (&overlay, &["--no-publish"], "has a backing file"),
+        (&overlay, &["--no-publish"], "names a backing file"),
     ];
     for (input, args, says) in cases {
         let before = sha256(input);
