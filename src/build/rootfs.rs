@@ -14,7 +14,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::arch::Arch;
 use crate::disk::guard::{Teardown, Undo};
@@ -91,7 +90,7 @@ impl Keyring {
             }
             Err(e) => return Err(io_err(path)(e)),
         };
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = crate::digest::sha256(&bytes);
         Ok(Keyring { path: path.to_path_buf(), sha256 })
     }
 }
@@ -116,10 +115,8 @@ pub struct BaseSpec {
 impl BaseSpec {
     /// The cache key: readable prefix plus a hash of every field.
     pub fn key(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(serde_json::to_vec(self).unwrap_or_default());
-        let digest = h.finalize();
-        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let digest = crate::digest::sha256(&serde_json::to_vec(self).unwrap_or_default());
+        let hex = &digest[..12];
         format!(
             "{}-{}-{}-minbase-{hex}",
             self.distro,
